@@ -1,0 +1,62 @@
+"""One ``backend`` fixture parametrizes every backend-generic test.
+
+numpy and array_api_strict always run; torch when installed; cupy (and torch on
+CUDA) only where a CUDA device is usable, marked ``gpu`` and skipped with a
+reason otherwise.  ``XPCONV_TEST_BACKENDS=cupy`` (comma-separated) restricts
+the run to the named backends, e.g. to run the whole suite on the GPU.
+"""
+from __future__ import annotations
+
+import importlib.util
+import os
+
+import numpy as np
+import pytest
+
+from xpconv.backends import _cuda_device_count, _torch_cuda_count, get_backend, to_numpy
+
+HAS_TORCH = importlib.util.find_spec("torch") is not None
+CUDA_COUNT = _cuda_device_count()
+TORCH_CUDA = HAS_TORCH and _torch_cuda_count() > 0
+
+
+def _backend_params():
+    no_torch = pytest.mark.skipif(not HAS_TORCH, reason="torch is not installed")
+    no_cupy = pytest.mark.skipif(CUDA_COUNT == 0, reason="CuPy with a usable CUDA device is not available")
+    no_torch_cuda = pytest.mark.skipif(not TORCH_CUDA, reason="torch with a usable CUDA device is not available")
+    params = [
+        pytest.param("numpy", id="numpy"),
+        pytest.param("array_api_strict", id="array_api_strict"),
+        pytest.param("torch", id="torch", marks=no_torch),
+        pytest.param("cupy", id="cupy", marks=[pytest.mark.gpu, no_cupy]),
+        pytest.param("torch:cuda", id="torch-cuda", marks=[pytest.mark.gpu, no_torch_cuda]),
+    ]
+    only = os.environ.get("XPCONV_TEST_BACKENDS")
+    if only:
+        wanted = {b.strip() for b in only.split(",")}
+        params = [p for p in params if p.values[0] in wanted or p.id in wanted]
+    return params
+
+
+BACKENDS = _backend_params()
+
+
+def make_backend(spec: str):
+    name, _, device = spec.partition(":")
+    return get_backend(name, "cuda:0" if device == "cuda" else None)
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request):
+    """A resolved :class:`xpconv.Backend` (namespace ``.xp``, ``.device``, ``.asarray``)."""
+    return make_backend(request.param)
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(12345)
+
+
+def as_numpy(a) -> np.ndarray:
+    """Host float64 copy of an array from any backend, for comparisons."""
+    return np.asarray(to_numpy(a), dtype=np.float64)

@@ -1,0 +1,191 @@
+"""The convolution math: N-d im2col / col2im and the GEMM-shaped contractions.
+
+Pure Array API: every function takes its namespace from its array arguments,
+so the same lines run on NumPy, CuPy, PyTorch and array-api-strict.
+
+Shapes (``nd`` spatial dims, ``K = prod(kernel)``, ``L = prod(out)``):
+    x       (N, C, *spatial)
+    weight  (O, C // G, *kernel)
+    cols    (N, C, *kernel, *out)   viewed as (N, G, (C // G) * K, L) for the GEMM
+    y       (N, O, *out)
+"""
+from __future__ import annotations
+
+import itertools
+import math
+from dataclasses import dataclass
+from functools import cached_property
+
+from array_api_compat import array_namespace, device
+
+DEFAULT_MAX_WORKSPACE_BYTES = 256 * 2**20
+
+
+def conv_output_size(size: int, kernel: int, stride: int = 1, padding: tuple[int, int] = (0, 0),
+                     dilation: int = 1) -> int:
+    """Length of one output axis: ``floor((size + lo + hi - dilation*(kernel-1) - 1) / stride) + 1``."""
+    lo, hi = padding
+    return (size + lo + hi - dilation * (kernel - 1) - 1) // stride + 1
+
+
+def _window(size: int, out: int, k: int, stride: int, lo: int, dilation: int):
+    """Where kernel tap ``k`` of one axis reads: (output slice, input slice), or None if only padding.
+
+    Output position ``j`` reads input ``k*dilation - lo + j*stride``; only the
+    ``j`` whose input lies inside ``[0, size)`` are returned, so padding is never
+    materialized.
+    """
+    offset = k * dilation - lo
+    j_lo = max(0, (-offset + stride - 1) // stride)
+    j_hi = min(out, (size - 1 - offset) // stride + 1)
+    if j_hi <= j_lo:
+        return None
+    start = offset + j_lo * stride
+    return slice(j_lo, j_hi), slice(start, offset + (j_hi - 1) * stride + 1, stride)
+
+
+@dataclass(frozen=True)
+class ConvGeometry:
+    """Everything about a convolution except the data: kernel, stride, (lo, hi) padding, dilation, groups."""
+
+    kernel: tuple[int, ...]
+    stride: tuple[int, ...]
+    padding: tuple[tuple[int, int], ...]
+    dilation: tuple[int, ...]
+    groups: int = 1
+
+    @property
+    def nd(self) -> int:
+        return len(self.kernel)
+
+    def output_shape(self, spatial) -> tuple[int, ...]:
+        return tuple(conv_output_size(*a) for a in zip(spatial, self.kernel, self.stride, self.padding,
+                                                       self.dilation))
+
+    @cached_property
+    def is_pointwise(self) -> bool:
+        """True when cols is just x: 1x..x1 kernel, stride 1, no padding (no im2col needed)."""
+        return all(k == 1 and s == 1 and p == (0, 0) for k, s, p in zip(self.kernel, self.stride, self.padding))
+
+    def windows(self, spatial):
+        """Per kernel tap: (tap index, output slices, input slices, covers the whole output)."""
+        out = self.output_shape(spatial)
+        per_axis = [
+            [(k, _window(size, o, k, s, p[0], d)) for k in range(kk)]
+            for size, o, kk, s, p, d in zip(spatial, out, self.kernel, self.stride, self.padding, self.dilation)
+        ]
+        for taps in itertools.product(*per_axis):
+            if any(w is None for _, w in taps):
+                continue
+            out_sl = tuple(w[0] for _, w in taps)
+            full = all(sl.stop - sl.start == o for sl, o in zip(out_sl, out))
+            yield tuple(k for k, _ in taps), out_sl, tuple(w[1] for _, w in taps), full
+
+
+_ALL2 = (slice(None), slice(None))
+
+
+def im2col(x, geom: ConvGeometry):
+    """Unfold x (N, C, *spatial) into cols (N, C, *kernel, *out), one strided slice copy per kernel tap."""
+    xp = array_namespace(x)
+    n, c, *spatial = x.shape
+    out = geom.output_shape(spatial)
+    if geom.is_pointwise:
+        return xp.reshape(x, (n, c, *geom.kernel, *out))
+    windows = list(geom.windows(spatial))
+    full = len(windows) == math.prod(geom.kernel) and all(w[3] for w in windows)
+    alloc = xp.empty if full else xp.zeros
+    cols = alloc((n, c, *geom.kernel, *out), dtype=x.dtype, device=device(x))
+    for taps, out_sl, in_sl, _ in windows:
+        cols[(*_ALL2, *taps, *out_sl)] = x[(*_ALL2, *in_sl)]
+    return cols
+
+
+def col2im(cols, geom: ConvGeometry, spatial):
+    """Fold cols (N, C, *kernel, *out) back to (N, C, *spatial), adding overlaps with slice ``+=``."""
+    xp = array_namespace(cols)
+    n, c = cols.shape[:2]
+    if geom.is_pointwise:
+        return xp.reshape(cols, (n, c, *spatial))
+    x = xp.zeros((n, c, *spatial), dtype=cols.dtype, device=device(cols))
+    for taps, out_sl, in_sl, _ in geom.windows(spatial):
+        x[(*_ALL2, *in_sl)] += cols[(*_ALL2, *taps, *out_sl)]
+    return x
+
+
+def _batch_chunks(n: int, bytes_per_sample: int, max_workspace_bytes: int | None):
+    """Slices over the batch so that one chunk's im2col buffer stays under the cap (at least 1 sample)."""
+    if max_workspace_bytes is None or n * bytes_per_sample <= max_workspace_bytes:
+        return [slice(0, n)]
+    step = max(1, max_workspace_bytes // max(bytes_per_sample, 1))
+    return [slice(i, min(i + step, n)) for i in range(0, n, step)]
+
+
+def conv_forward(x, weight, bias, geom: ConvGeometry, *, max_workspace_bytes=DEFAULT_MAX_WORKSPACE_BYTES,
+                 keep_cols: bool = False):
+    """y = W · im2col(x) + b, one batched GEMM per chunk of the batch.
+
+    Returns ``(y, cols)``; ``cols`` (N, C, *kernel, *out) is returned only when
+    ``keep_cols`` and the whole batch fit in one chunk, else None.
+    """
+    xp = array_namespace(x, weight)
+    n, c, *spatial = x.shape
+    o, g = weight.shape[0], geom.groups
+    out = geom.output_shape(spatial)
+    ck, length = (c // g) * math.prod(geom.kernel), math.prod(out)
+    w3 = xp.reshape(weight, (g, o // g, ck))                        # (G, O/G, Cg*K)
+    chunks = _batch_chunks(n, _itemsize(x) * c * math.prod(geom.kernel) * length, max_workspace_bytes)
+    y = None if len(chunks) == 1 else xp.empty((n, g, o // g, length), dtype=x.dtype, device=device(x))
+    cols = None
+    for sl in chunks:
+        cols = im2col(x[sl, ...], geom)
+        m = cols.shape[0]
+        yc = xp.matmul(w3, xp.reshape(cols, (m, g, ck, length)))  # (m, G, O/G, L)
+        if y is None:
+            y = yc
+        else:
+            y[sl, ...] = yc
+    y = xp.reshape(y, (n, o, *out))
+    if bias is not None:
+        y += xp.reshape(bias, (1, o) + (1,) * geom.nd)
+    return y, (cols if keep_cols and len(chunks) == 1 else None)
+
+
+def conv_backward(grad_output, x, weight, geom: ConvGeometry, *, cols=None, need_input_grad: bool = True,
+                  max_workspace_bytes=DEFAULT_MAX_WORKSPACE_BYTES):
+    """(dL/dx, dL/dW) for y = conv(x, W); ``cols`` is forward's im2col(x) when kept.
+
+    dL/dW = sum over the batch of dY · colsᵀ   (per sample, so chunking does not change the sum)
+    dL/dx = col2im(Wᵀ · dY)
+    """
+    xp = array_namespace(grad_output, x, weight)
+    n, c, *spatial = x.shape
+    o, g = weight.shape[0], geom.groups
+    ck, length = (c // g) * math.prod(geom.kernel), math.prod(grad_output.shape[2:])
+    w3 = xp.reshape(weight, (g, o // g, ck))
+    dy = xp.reshape(grad_output, (n, g, o // g, length))              # (N, G, O/G, L)
+    if cols is not None:
+        chunks = [slice(0, n)]
+    else:
+        chunks = _batch_chunks(n, _itemsize(x) * c * math.prod(geom.kernel) * length, max_workspace_bytes)
+    partial_dw = xp.empty((n, g, o // g, ck), dtype=x.dtype, device=device(x))
+    grad_input = (xp.empty(x.shape, dtype=x.dtype, device=device(x))
+                  if need_input_grad and len(chunks) > 1 else None)
+    for sl in chunks:
+        chunk_cols = im2col(x[sl, ...], geom) if cols is None else cols
+        m = chunk_cols.shape[0]
+        partial_dw[sl, ...] = xp.matmul(dy[sl, ...], xp.matrix_transpose(xp.reshape(chunk_cols, (m, g, ck, length))))
+        if need_input_grad:
+            dcols = xp.matmul(xp.matrix_transpose(w3), dy[sl, ...])   # (m, G, Cg*K, L)
+            dx = col2im(xp.reshape(dcols, chunk_cols.shape), geom, spatial)
+            if grad_input is None:
+                grad_input = dx
+            else:
+                grad_input[sl, ...] = dx
+    grad_weight = xp.reshape(xp.sum(partial_dw, axis=0), weight.shape)
+    return grad_input, grad_weight
+
+
+def _itemsize(x) -> int:
+    """Bytes per element of x's dtype, from the namespace's finfo (works on every backend)."""
+    return array_namespace(x).finfo(x.dtype).bits // 8

@@ -1,0 +1,53 @@
+"""The ``xpconv`` command: ``info`` here; other subcommands register from their own modules."""
+from __future__ import annotations
+
+import argparse
+import importlib
+import platform
+import sys
+
+# Modules that each define ``register(subparsers)``, adding one or more subcommands.
+_COMMAND_MODULES: tuple[str, ...] = ()
+
+
+def _info(args) -> int:
+    from . import __version__
+    from .backends import available_backends, get_default_backend
+
+    print(f"xpconv {__version__}  (Python {platform.python_version()}, {platform.machine()})")
+    import array_api_compat
+
+    print(f"array-api-compat {array_api_compat.__version__}")
+    print(f"default backend: {get_default_backend()}  (set with XPCONV_BACKEND or xpconv.set_default_backend)")
+    print()
+    print(f"{'backend':<18}{'version':<14}{'usable':<8}devices / note")
+    any_gpu = False
+    for name, e in available_backends().items():
+        usable = "yes" if e["usable"] else "no"
+        any_gpu |= any(d.startswith("cuda") for d in e["devices"])
+        detail = ", ".join(e["devices"]) + (f"  ({e['note']})" if e["note"] else "")
+        print(f"{name:<18}{e['version'] or '-':<14}{usable:<8}{detail}")
+    if not any_gpu:
+        print("\nNo usable CUDA GPU: '--backend auto' falls back to NumPy. In Docker, run with '--gpus all' and "
+              "the NVIDIA container toolkit installed.")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="xpconv", description="Convolutional layers with explicit backprop "
+                                     "on NumPy, CuPy, PyTorch and array-api-strict.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    info = sub.add_parser("info", help="show installed backends, devices and versions")
+    info.set_defaults(func=_info)
+    for module in _COMMAND_MODULES:
+        importlib.import_module(module).register(sub)
+    return parser
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

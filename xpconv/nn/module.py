@@ -1,0 +1,176 @@
+"""Module and Parameter: the containers every layer is built from.
+
+A module holds its Parameters (``.data`` and ``.grad`` arrays) and buffers on
+one :class:`~xpconv.backends.Backend`, chosen at construction; ``forward``
+caches what ``backward`` needs, and ``backward(grad_output)`` returns
+dL/d(input) while accumulating dL/d(parameter) into each ``.grad``.
+"""
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import numpy as np
+
+from ..backends import Backend, get_backend, to_numpy
+
+__all__ = ["Parameter", "Module"]
+
+
+class Parameter:
+    """A trainable array ``data`` and its accumulated gradient ``grad`` (same shape, dtype, device)."""
+
+    def __init__(self, data):
+        self.data = data
+        xp = _xp_of(data)
+        self.grad = xp.zeros_like(data)
+
+    @property
+    def shape(self):
+        return tuple(self.data.shape)
+
+    def __repr__(self) -> str:
+        return f"Parameter(shape={self.shape}, dtype={self.data.dtype})"
+
+
+def _xp_of(a):
+    from array_api_compat import array_namespace
+
+    return array_namespace(a)
+
+
+class Module:
+    """Base class: parameters, buffers and child modules are registered by attribute assignment."""
+
+    def __init__(self, *, backend=None, device=None, dtype="float32"):
+        object.__setattr__(self, "_parameters", {})
+        object.__setattr__(self, "_buffers", {})
+        object.__setattr__(self, "_modules", {})
+        self.backend: Backend = get_backend(backend, device)
+        self.backend.dtype(dtype)  # validates the name
+        self.dtype_name: str = dtype
+        self.training = True
+
+    @property
+    def dtype(self):
+        """This module's floating dtype in its backend's namespace."""
+        return self.backend.dtype(self.dtype_name)
+
+    def __setattr__(self, name, value):
+        for registry in ("_parameters", "_buffers", "_modules"):
+            self.__dict__.get(registry, {}).pop(name, None)
+        if isinstance(value, Parameter):
+            self._parameters[name] = value
+        elif isinstance(value, Module):
+            self._modules[name] = value
+        object.__setattr__(self, name, value)
+
+    def register_buffer(self, name: str, value) -> None:
+        """Keep a non-trainable array (e.g. running statistics) that moves and saves with the module."""
+        object.__setattr__(self, name, value)
+        self._buffers[name] = True
+
+    # -- running ---------------------------------------------------------------------------------
+    def __call__(self, x):
+        return self.forward(x)
+
+    def forward(self, x):  # pragma: no cover - every layer overrides it
+        raise NotImplementedError(f"{type(self).__name__} does not define forward()")
+
+    def backward(self, grad_output):  # pragma: no cover - every layer overrides it
+        raise NotImplementedError(f"{type(self).__name__} does not define backward()")
+
+    def _need_cache(self, cache, what: str = "forward"):
+        """The cached forward state, or a clear error when backward comes without a training forward."""
+        if cache is None:
+            raise RuntimeError(f"{type(self).__name__}.backward() needs a preceding {what} in training mode "
+                               "(model.train()); the cache is cleared after each backward")
+        return cache
+
+    # -- parameters and modes --------------------------------------------------------------------
+    def named_parameters(self, prefix: str = "") -> Iterator[tuple[str, Parameter]]:
+        for name, p in self._parameters.items():
+            yield prefix + name, p
+        for name, m in self._modules.items():
+            yield from m.named_parameters(f"{prefix}{name}.")
+
+    def parameters(self) -> Iterator[Parameter]:
+        for _, p in self.named_parameters():
+            yield p
+
+    def modules(self) -> Iterator[Module]:
+        yield self
+        for m in self._modules.values():
+            yield from m.modules()
+
+    def zero_grad(self) -> None:
+        for p in self.parameters():
+            p.grad = _xp_of(p.data).zeros_like(p.data)
+
+    def train(self, mode: bool = True) -> Module:
+        for m in self.modules():
+            m.training = mode
+            m._clear_cache()
+        return self
+
+    def eval(self) -> Module:
+        return self.train(False)
+
+    def _clear_cache(self) -> None:
+        """Drop whatever forward kept for backward (layers with a cache override this)."""
+
+    # -- moving and saving ----------------------------------------------------------------------
+    def to(self, backend, device=None) -> Module:
+        """Move every parameter, gradient and buffer to ``backend`` (a name or Backend); returns self."""
+        target = get_backend(backend, device)
+        for m in self.modules():
+            for p in m._parameters.values():
+                p.data = target.asarray(p.data)
+                p.grad = target.asarray(p.grad)
+            for name in m._buffers:
+                object.__setattr__(m, name, target.asarray(getattr(m, name)))
+            m._clear_cache()
+            object.__setattr__(m, "backend", target)
+        return self
+
+    def state_dict(self) -> dict[str, np.ndarray]:
+        """Parameters and buffers as host NumPy copies, keyed by dotted names."""
+        state = {}
+        for prefix, m in self._named_modules():
+            for name, p in m._parameters.items():
+                state[prefix + name] = np.array(to_numpy(p.data), copy=True)
+            for name in m._buffers:
+                state[prefix + name] = np.array(to_numpy(getattr(m, name)), copy=True)
+        return state
+
+    def load_state_dict(self, state: dict) -> None:
+        """Load arrays saved by :meth:`state_dict`; on any mismatch raise ValueError and change nothing."""
+        own = self.state_dict()
+        missing = sorted(set(own) - set(state))
+        unexpected = sorted(set(state) - set(own))
+        if missing or unexpected:
+            raise ValueError(f"state dict does not match {type(self).__name__}: missing keys {missing}, "
+                             f"unexpected keys {unexpected}")
+        for key, value in own.items():
+            got = np.shape(state[key])
+            if tuple(got) != value.shape:
+                raise ValueError(f"state dict entry {key!r} has shape {tuple(got)}, the model expects {value.shape}")
+        for prefix, m in self._named_modules():
+            for name, p in m._parameters.items():
+                p.data = m.backend.asarray(np.asarray(state[prefix + name]), dtype=p.data.dtype)
+            for name in m._buffers:
+                old = getattr(m, name)
+                object.__setattr__(m, name, m.backend.asarray(np.asarray(state[prefix + name]), dtype=old.dtype))
+            m._clear_cache()
+
+    def _named_modules(self, prefix: str = ""):
+        yield prefix, self
+        for name, m in self._modules.items():
+            yield from m._named_modules(f"{prefix}{name}.")
+
+    def extra_repr(self) -> str:
+        return ""
+
+    def __repr__(self) -> str:
+        children = "".join(f"\n  ({n}): " + repr(m).replace("\n", "\n  ") for n, m in self._modules.items())
+        head = f"{type(self).__name__}({self.extra_repr()}"
+        return head + (children + "\n)" if children else ")")
