@@ -1,0 +1,85 @@
+"""Backend resolution: names, defaults, availability report, explicit conversion."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import xpconv
+from xpconv import backends
+from xpconv.cli import main
+
+
+def test_unknown_backend_lists_the_valid_names():
+    with pytest.raises(ValueError, match="unknown backend 'jax'; valid backends are: numpy, cupy, torch"):
+        xpconv.get_backend("jax")
+
+
+def test_default_backend_follows_function_then_environment(monkeypatch):
+    monkeypatch.delenv("XPCONV_BACKEND", raising=False)
+    assert xpconv.get_backend().name == "numpy"
+    monkeypatch.setenv("XPCONV_BACKEND", "array_api_strict")
+    assert xpconv.get_backend().name == "array_api_strict"
+    xpconv.set_default_backend("numpy")
+    try:
+        assert xpconv.get_backend().name == "numpy"
+    finally:
+        xpconv.set_default_backend(None)
+    assert xpconv.get_default_backend() == "array_api_strict"
+
+
+def test_bad_default_names_are_rejected(monkeypatch):
+    with pytest.raises(ValueError, match="unknown backend 'gpu'"):
+        xpconv.set_default_backend("gpu")
+    monkeypatch.setenv("XPCONV_BACKEND", "tensorflow")
+    with pytest.raises(ValueError, match="XPCONV_BACKEND='tensorflow' is not a backend"):
+        xpconv.get_backend()
+
+
+def test_missing_library_names_the_install_command(monkeypatch):
+    import importlib
+
+    real = importlib.import_module
+
+    def fake_import(name, *a):
+        if name == "array_api_strict":
+            raise ImportError("No module named 'array_api_strict'")
+        return real(name, *a)
+
+    monkeypatch.setattr(backends.importlib, "import_module", fake_import)
+    with pytest.raises(xpconv.BackendUnavailableError, match="pip install array-api-strict"):
+        xpconv.get_backend("array_api_strict")
+
+
+def test_available_backends_reports_numpy_and_strict():
+    report = xpconv.available_backends()
+    assert set(report) == {"numpy", "cupy", "torch", "array_api_strict"}
+    assert report["numpy"]["usable"] and report["numpy"]["version"] == np.__version__
+    assert report["array_api_strict"]["usable"]
+    for entry in report.values():
+        assert set(entry) == {"installed", "usable", "version", "devices", "note"}
+        assert entry["usable"] <= entry["installed"]
+
+
+def test_numpy_backend_runs_on_cpu_only():
+    with pytest.raises(ValueError, match="runs on 'cpu' only"):
+        xpconv.get_backend("numpy", device=1)
+
+
+def test_asarray_moves_between_backends_and_to_numpy_returns_host_copy(backend, rng):
+    host = rng.standard_normal((3, 4))
+    arr = backend.asarray(host, dtype="float32")
+    assert arr.dtype == backend.xp.float32
+    np.testing.assert_array_equal(xpconv.to_numpy(arr), host.astype(np.float32))
+    other = xpconv.get_backend("numpy").asarray(arr)
+    assert isinstance(other, np.ndarray)
+
+
+def test_backend_dtype_names():
+    with pytest.raises(ValueError, match="dtype must be 'float32' or 'float64'"):
+        xpconv.get_backend("numpy").dtype("int8")
+
+
+def test_info_command_prints_backends(capsys):
+    assert main(["info"]) == 0
+    out = capsys.readouterr().out
+    assert "numpy" in out and "array_api_strict" in out and "default backend" in out

@@ -1,0 +1,119 @@
+"""nn.Conv1d/2d/3d: construction, init, forward/backward caching, gradient accumulation, moving."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+import xpconv
+from conftest import HAS_TORCH, as_numpy
+from reference import conv_backward_reference, conv_reference
+from xpconv import nn
+
+
+def test_layer_matches_reference_and_accumulates_grads(backend, rng):
+    layer = nn.Conv2d(4, 6, (3, 2), stride=(2, 1), padding=1, dilation=(1, 2), groups=2, backend=backend,
+                      dtype="float64", seed=0)
+    x = rng.standard_normal((3, 4, 7, 6))
+    w, b = as_numpy(layer.weight.data), as_numpy(layer.bias.data)
+    args = ((2, 1), [(1, 1), (1, 1)], (1, 2), 2)
+    y = layer(backend.asarray(x, dtype="float64"))
+    np.testing.assert_allclose(as_numpy(y), conv_reference(x, w, b, *args), rtol=1e-12, atol=1e-12)
+    dy = rng.standard_normal(tuple(y.shape))
+    dx = layer.backward(backend.asarray(dy, dtype="float64"))
+    dx_ref, dw_ref, db_ref = conv_backward_reference(dy, x, w, *args)
+    np.testing.assert_allclose(as_numpy(dx), dx_ref, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(as_numpy(layer.weight.grad), dw_ref, rtol=1e-12, atol=1e-12)
+    layer(backend.asarray(x, dtype="float64"))
+    layer.backward(backend.asarray(dy, dtype="float64"))
+    np.testing.assert_allclose(as_numpy(layer.bias.grad), 2 * db_ref, rtol=1e-12, atol=1e-12)
+    layer.zero_grad()
+    assert not np.any(as_numpy(layer.weight.grad))
+
+
+def test_backward_needs_a_training_forward_and_cache_is_not_leaked(rng):
+    layer = nn.Conv1d(2, 3, 3, seed=1)
+    x = rng.standard_normal((2, 2, 8)).astype(np.float32)
+    with pytest.raises(RuntimeError, match="needs a preceding forward"):
+        layer.backward(np.ones((2, 3, 6), np.float32))
+    y = layer(x)
+    layer.backward(np.ones_like(y))
+    with pytest.raises(RuntimeError, match="needs a preceding forward"):
+        layer.backward(np.ones_like(y))          # the cache was released after the first backward
+    layer.eval()
+    layer(x)
+    assert layer._ctx is None                    # inference keeps nothing
+    with pytest.raises(RuntimeError, match="training mode"):
+        layer.backward(np.ones_like(y))
+
+
+def test_init_is_torch_like_and_reproducible():
+    a = nn.Conv3d(4, 8, 3, groups=2, seed=7)
+    b = nn.Conv3d(4, 8, 3, groups=2, seed=7)
+    np.testing.assert_array_equal(a.weight.data, b.weight.data)
+    bound = 1 / math.sqrt(2 * 27)
+    w = a.weight.data
+    assert w.shape == (8, 2, 3, 3, 3) and w.dtype == np.float32
+    assert np.abs(w).max() <= bound and np.abs(w).max() > 0.8 * bound
+    assert np.abs(a.bias.data).max() <= bound
+    assert not np.array_equal(w, nn.Conv3d(4, 8, 3, groups=2, seed=8).weight.data)
+
+
+def test_channels_last_layer_has_channels_last_weight(rng):
+    layer = nn.Conv2d(3, 16, 3, channels_last=True, seed=0, dtype="float64")
+    assert layer.weight.shape == (16, 3, 3, 3)
+    image = rng.standard_normal((5, 5, 3))
+    h = layer(image)
+    assert h.shape == (3, 3, 16)
+    dx = layer.backward(np.ones((3, 3, 16)))
+    assert dx.shape == (5, 5, 3) and layer.weight.grad.shape == (16, 3, 3, 3)
+    expected = xpconv.conv2d(image, layer.weight.data, layer.bias.data, channels_last=True)
+    np.testing.assert_array_equal(h, expected)
+
+
+def test_layer_moves_between_backends(rng):
+    layer = nn.Conv2d(2, 4, 3, padding="same", seed=3, dtype="float64")
+    x = rng.standard_normal((1, 2, 5, 5))
+    y_np = layer(x)
+    layer.to("array_api_strict")
+    assert layer.backend.name == "array_api_strict"
+    strict = layer.backend
+    y = layer(strict.asarray(x, dtype="float64"))
+    assert type(y) is type(strict.asarray(x))
+    np.testing.assert_allclose(as_numpy(y), y_np, rtol=1e-14)
+    with pytest.raises(TypeError, match="different libraries"):
+        layer(x)                                # a NumPy input to a strict layer is not copied silently
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(in_channels=0, out_channels=2, kernel_size=3), "in_channels must be a positive int"),
+    (dict(in_channels=3, out_channels=2, kernel_size=(3, 3, 3)), "kernel_size must be a positive int or a tuple of 2"),
+    (dict(in_channels=3, out_channels=6, kernel_size=3, groups=2), "groups=2 must divide in_channels=3"),
+    (dict(in_channels=2, out_channels=2, kernel_size=3, padding="circular"), "padding must be an int"),
+    (dict(in_channels=2, out_channels=2, kernel_size=3, dtype="float16"), "dtype must be 'float32' or 'float64'"),
+])
+def test_bad_layer_arguments(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        nn.Conv2d(**kwargs)
+
+
+@pytest.mark.skipif(not HAS_TORCH, reason="torch is not installed")
+def test_layer_agrees_with_torch_conv2d(rng):
+    import torch
+
+    layer = nn.Conv2d(3, 5, 3, stride=2, padding=1, seed=0, dtype="float64")
+    ref = torch.nn.Conv2d(3, 5, 3, stride=2, padding=1, dtype=torch.float64)
+    with torch.no_grad():
+        ref.weight.copy_(torch.from_numpy(layer.weight.data))
+        ref.bias.copy_(torch.from_numpy(layer.bias.data))
+    x = rng.standard_normal((2, 3, 9, 9))
+    xt = torch.tensor(x, requires_grad=True)
+    yt = ref(xt)
+    y = layer(x)
+    np.testing.assert_allclose(y, yt.detach().numpy(), rtol=1e-12, atol=1e-12)
+    g = rng.standard_normal(y.shape)
+    yt.backward(torch.from_numpy(g))
+    np.testing.assert_allclose(layer.backward(g), xt.grad.numpy(), rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(layer.weight.grad, ref.weight.grad.numpy(), rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(layer.bias.grad, ref.bias.grad.numpy(), rtol=1e-12, atol=1e-12)
