@@ -1,5 +1,10 @@
 """Layers with explicit forward and backward passes."""
+from .activation import Flatten, ReLU
+from .container import Sequential
 from .conv import Conv1d, Conv2d, Conv3d
+from .linear import Linear
+from .loss import CrossEntropyLoss
 from .module import Module, Parameter
 
-__all__ = ["Module", "Parameter", "Conv1d", "Conv2d", "Conv3d"]
+__all__ = ["Module", "Parameter", "Conv1d", "Conv2d", "Conv3d", "Linear", "ReLU", "Flatten", "Sequential",
+           "CrossEntropyLoss"]

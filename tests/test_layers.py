@@ -1,0 +1,146 @@
+"""Linear, ReLU, Flatten and Sequential: finite differences, torch as reference, modes, errors."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from conftest import HAS_TORCH, as_numpy
+from layer_check import check_layer_gradients, torch_leaf
+from xpconv import nn
+
+needs_torch = pytest.mark.skipif(not HAS_TORCH, reason="torch is not installed")
+
+
+def _away_from_zero(rng, shape):
+    """Normal values with |v| >= 0.1, so ReLU's kink is never within a finite-difference step."""
+    x = rng.standard_normal(shape)
+    return np.where(np.abs(x) < 0.1, 0.1 + np.abs(x), x)
+
+
+@pytest.mark.parametrize("shape", [(4, 5), (2, 3, 5)])
+def test_linear_gradients_by_finite_differences(backend, rng, shape):
+    layer = nn.Linear(5, 3, backend=backend, dtype="float64", seed=1)
+    check_layer_gradients(layer, rng.standard_normal(shape))
+
+
+def test_linear_without_bias_by_finite_differences(backend, rng):
+    layer = nn.Linear(4, 2, bias=False, backend=backend, dtype="float64", seed=1)
+    assert [n for n, _ in layer.named_parameters()] == ["weight"]
+    check_layer_gradients(layer, rng.standard_normal((3, 4)))
+
+
+def test_relu_and_flatten_by_finite_differences(backend, rng):
+    check_layer_gradients(nn.ReLU(backend=backend, dtype="float64"), _away_from_zero(rng, (2, 3, 4)))
+    check_layer_gradients(nn.Flatten(backend=backend, dtype="float64"), rng.standard_normal((2, 3, 2, 2)))
+
+
+@needs_torch
+def test_linear_relu_flatten_match_torch(backend, rng):
+    import torch
+
+    x_np = rng.standard_normal((3, 2, 2, 3))
+    model = nn.Sequential(nn.Flatten(backend=backend, dtype="float64"),
+                          nn.Linear(12, 4, backend=backend, dtype="float64", seed=3),
+                          nn.ReLU(backend=backend, dtype="float64"))
+    y = model(backend.asarray(x_np))
+    dy = rng.standard_normal(tuple(y.shape))
+    dx = model.backward(backend.asarray(dy))
+
+    xt, wt, bt = torch_leaf(x_np), torch_leaf(model[1].weight.data), torch_leaf(model[1].bias.data)
+    yt = torch.relu(torch.nn.functional.linear(torch.flatten(xt, 1), wt, bt))
+    yt.backward(torch.from_numpy(dy))
+    np.testing.assert_allclose(as_numpy(y), yt.detach().numpy(), rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(as_numpy(dx), xt.grad.numpy(), rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(as_numpy(model[1].weight.grad), wt.grad.numpy(), rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(as_numpy(model[1].bias.grad), bt.grad.numpy(), rtol=1e-12, atol=1e-12)
+
+
+def test_linear_init_follows_torch_default_and_seed(backend):
+    a = nn.Linear(16, 8, backend=backend, seed=7)
+    b = nn.Linear(16, 8, backend="numpy", seed=7)
+    w = as_numpy(a.weight.data)
+    assert w.shape == (8, 16) and a.weight.data.dtype == backend.xp.float32
+    assert np.abs(w).max() <= 0.25 and np.abs(as_numpy(a.bias.data)).max() <= 0.25   # 1/sqrt(16)
+    assert w.std() > 0.1                                                               # U(-1/4, 1/4): std 0.144
+    np.testing.assert_array_equal(w, as_numpy(b.weight.data))
+    assert not np.array_equal(w, as_numpy(nn.Linear(16, 8, backend="numpy", seed=8).weight.data))
+
+
+def test_float32_stays_float32_and_input_untouched(backend, rng):
+    x_np = rng.standard_normal((4, 6)).astype(np.float32)
+    x = backend.asarray(x_np)
+    model = nn.Sequential(nn.Linear(6, 5, backend=backend, seed=0), nn.ReLU(backend=backend))
+    y = model(x)
+    dx = model.backward(backend.xp.ones_like(y))
+    assert y.dtype == dx.dtype == model[0].weight.grad.dtype == backend.xp.float32
+    np.testing.assert_array_equal(as_numpy(x), x_np)
+
+
+@pytest.mark.parametrize("shape", [(3, 5), (3,), (2, 4, 3)])
+def test_linear_rejects_wrong_input_shape(backend, shape):
+    layer = nn.Linear(4, 2, backend=backend)
+    with pytest.raises(ValueError, match=r"Linear\(4, 2\) expects input of shape \(\*, 4\)"):
+        layer(backend.xp.ones(shape, dtype=backend.xp.float32, device=backend.device))
+
+
+def test_linear_rejects_bad_sizes_and_wrong_dtype():
+    with pytest.raises(ValueError, match="in_features"):
+        nn.Linear(0, 2)
+    with pytest.raises(ValueError, match="out_features"):
+        nn.Linear(2, 2.5)
+    with pytest.raises(TypeError, match="dtype"):
+        nn.Linear(2, 2)(np.ones((1, 2)))                       # float64 input, float32 layer
+
+
+def test_backward_needs_a_training_forward(backend):
+    layer = nn.Linear(2, 2, backend=backend)
+    x = backend.xp.ones((1, 2), dtype=backend.xp.float32, device=backend.device)
+    with pytest.raises(RuntimeError, match="preceding forward in training mode"):
+        layer.backward(x)
+    layer.eval()
+    layer(x)
+    with pytest.raises(RuntimeError, match="training mode"):
+        layer.backward(x)
+    layer.train()
+    layer(x)
+    layer.backward(x)
+    with pytest.raises(RuntimeError):                           # the cache is used once
+        layer.backward(x)
+
+
+def test_flatten_dims_and_errors(backend):
+    x = backend.xp.zeros((2, 3, 4, 5), dtype=backend.xp.float32, device=backend.device)
+    assert tuple(nn.Flatten(backend=backend)(x).shape) == (2, 60)
+    assert tuple(nn.Flatten(1, 2, backend=backend)(x).shape) == (2, 12, 5)
+    assert tuple(nn.Flatten(0, backend=backend)(x).shape) == (120,)
+    with pytest.raises(ValueError, match="does not fit"):
+        nn.Flatten(3, 1, backend=backend)(x)
+
+
+def test_sequential_container(backend):
+    model = nn.Sequential(nn.Linear(3, 4, backend=backend, seed=0), nn.ReLU(backend=backend),
+                          nn.Linear(4, 2, backend=backend, seed=1))
+    assert len(model) == 3 and isinstance(model[-1], nn.Linear) and isinstance(model[1:][0], nn.ReLU)
+    assert list(model.state_dict()) == ["0.weight", "0.bias", "2.weight", "2.bias"]
+    assert len(list(model.parameters())) == 4
+    assert model.backend == backend
+    x = backend.xp.ones((5, 3), dtype=backend.xp.float32, device=backend.device)
+    model.backward(backend.xp.ones_like(model(x)))
+    assert all(float(backend.xp.sum(backend.xp.abs(p.grad))) > 0 for p in model.parameters())
+    model.zero_grad()
+    assert all(float(backend.xp.sum(backend.xp.abs(p.grad))) == 0 for p in model.parameters())
+    model.eval()
+    assert not any(m.training for m in model.modules())
+    model.train()
+    assert all(m.training for m in model.modules())
+    with pytest.raises(TypeError, match="Sequential takes Modules"):
+        nn.Sequential(nn.ReLU(), "relu")
+
+
+def test_sequential_to_moves_every_layer(backend, rng):
+    model = nn.Sequential(nn.Linear(3, 4, backend="numpy", seed=0), nn.ReLU(), nn.Linear(4, 2, seed=1))
+    x_np = rng.standard_normal((5, 3)).astype(np.float32)
+    expected = as_numpy(model(x_np))
+    model.to(backend)
+    assert all(m.backend == backend for m in model.modules())
+    np.testing.assert_allclose(as_numpy(model(backend.asarray(x_np))), expected, rtol=1e-6, atol=1e-6)
