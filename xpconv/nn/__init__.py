@@ -5,6 +5,7 @@ from .conv import Conv1d, Conv2d, Conv3d
 from .linear import Linear
 from .loss import CrossEntropyLoss
 from .module import Module, Parameter
+from .pooling import AvgPool2d, MaxPool2d
 
 __all__ = ["Module", "Parameter", "Conv1d", "Conv2d", "Conv3d", "Linear", "ReLU", "Flatten", "Sequential",
-           "CrossEntropyLoss"]
+           "CrossEntropyLoss", "MaxPool2d", "AvgPool2d"]
