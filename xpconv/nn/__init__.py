@@ -1,5 +1,6 @@
 """Layers with explicit forward and backward passes."""
-from .activation import Flatten, ReLU
+from .activation import Dropout, Flatten, ReLU
+from .batchnorm import BatchNorm2d
 from .container import Sequential
 from .conv import Conv1d, Conv2d, Conv3d
 from .linear import Linear
@@ -8,4 +9,5 @@ from .module import Module, Parameter
 from .pooling import AvgPool2d, MaxPool2d
 
 __all__ = ["Module", "Parameter", "Conv1d", "Conv2d", "Conv3d", "Linear", "ReLU", "Flatten", "Sequential",
-           "CrossEntropyLoss", "MaxPool2d", "AvgPool2d"]
+           "CrossEntropyLoss", "MaxPool2d", "AvgPool2d",
+           "Dropout", "BatchNorm2d"]

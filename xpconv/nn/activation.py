@@ -2,11 +2,15 @@
 from __future__ import annotations
 
 import math
+import numbers
+
+import numpy as np
+from array_api_compat import device
 
 from ..functional import namespace_of
 from .module import Module
 
-__all__ = ["ReLU", "Flatten"]
+__all__ = ["ReLU", "Flatten", "Dropout"]
 
 
 class ReLU(Module):
@@ -60,3 +64,42 @@ class Flatten(Module):
 
     def extra_repr(self) -> str:
         return f"start_dim={self.start_dim}, end_dim={self.end_dim}"
+
+
+class Dropout(Module):
+    """In training, zero each element with probability ``p`` and scale the rest by 1/(1-p); identity in eval.
+
+    Masks come from a NumPy generator seeded by ``seed`` and are copied to the backend, so one seed
+    gives the same masks on every backend (at the cost of one host-to-device copy per forward on a GPU).
+    """
+
+    def __init__(self, p: float = 0.5, *, backend=None, device=None, dtype="float32", seed=None):
+        super().__init__(backend=backend, device=device, dtype=dtype)
+        if isinstance(p, bool) or not isinstance(p, numbers.Real) or not 0 <= p <= 1:
+            raise ValueError(f"dropout probability p must be in [0, 1], got {p!r}")
+        self.p = float(p)
+        self.rng = np.random.default_rng(seed)
+        self._mask = None
+
+    def _clear_cache(self) -> None:
+        self._mask = None
+
+    def forward(self, x):
+        xp = namespace_of(x, names=["x"])
+        if not self.training:
+            return x
+        if xp is not self.backend.xp or device(x) != self.backend.device:
+            raise ValueError(f"x is a {type(x).__module__.split('.')[0]} array on {device(x)!r} but this Dropout "
+                             f"draws its masks on {self.backend}; move the model with .to(...)")
+        keep = self.backend.asarray(self.rng.random(tuple(x.shape)) >= self.p)   # bool, x's shape
+        self._mask = xp.astype(keep, x.dtype) * (1.0 / (1.0 - self.p) if self.p < 1 else 0.0)
+        return x * self._mask
+
+    def backward(self, grad_output):
+        mask = self._need_cache(self._mask)
+        self._mask = None
+        namespace_of(grad_output, mask, names=["grad_output", "the dropout mask"])
+        return grad_output * mask
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}"

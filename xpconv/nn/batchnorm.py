@@ -1,0 +1,94 @@
+"""BatchNorm2d: per-channel normalization over (N, H, W) with running statistics, as in PyTorch."""
+from __future__ import annotations
+
+import numbers
+
+import numpy as np
+
+from ..functional import namespace_of
+from .module import Module, Parameter
+
+__all__ = ["BatchNorm2d"]
+
+_AXES = (0, 2, 3)  # the axes each channel's statistics are taken over
+
+
+class BatchNorm2d(Module):
+    """y = (x - mean) / sqrt(var + eps) * weight + bias per channel of x (N, C, H, W).
+
+    Training normalizes with the batch's mean and biased variance and updates the buffers
+    ``running_mean``/``running_var`` (unbiased variance) by ``r = (1 - momentum) r + momentum s``;
+    eval normalizes with the running statistics.  ``weight`` (C,) starts at 1, ``bias`` (C,) at 0.
+    """
+
+    def __init__(self, num_features, eps=1e-5, momentum=0.1, affine=True, *, backend=None, device=None,
+                 dtype="float32"):
+        super().__init__(backend=backend, device=device, dtype=dtype)
+        if isinstance(num_features, bool) or not isinstance(num_features, numbers.Integral) or num_features < 1:
+            raise ValueError(f"num_features must be a positive int, got {num_features!r}")
+        if not (isinstance(eps, numbers.Real) and eps > 0):
+            raise ValueError(f"eps must be a positive number, got {eps!r}")
+        if not (isinstance(momentum, numbers.Real) and 0 <= momentum <= 1):
+            raise ValueError(f"momentum must be in [0, 1], got {momentum!r}")
+        self.num_features, self.eps, self.momentum, self.affine = int(num_features), float(eps), float(momentum), affine
+        c = self.num_features
+        self.weight = Parameter(self.backend.asarray(np.ones(c), dtype=self.dtype)) if affine else None
+        self.bias = Parameter(self.backend.asarray(np.zeros(c), dtype=self.dtype)) if affine else None
+        self.register_buffer("running_mean", self.backend.asarray(np.zeros(c), dtype=self.dtype))
+        self.register_buffer("running_var", self.backend.asarray(np.ones(c), dtype=self.dtype))
+        self.register_buffer("num_batches_tracked", self.backend.asarray(np.zeros((), dtype=np.int64)))
+        self._cache = None
+
+    def _clear_cache(self) -> None:
+        self._cache = None
+
+    def forward(self, x):
+        xp = namespace_of(x, self.running_mean, names=["x", "running_mean"])
+        if x.ndim != 4 or x.shape[1] != self.num_features:
+            raise ValueError(f"BatchNorm2d({self.num_features}) expects x of shape (N, {self.num_features}, H, W), "
+                             f"got {tuple(x.shape)}")
+
+        def per_channel(a):                                                 # (C,) -> (1, C, 1, 1)
+            return xp.reshape(a, (1, -1, 1, 1))
+
+        if self.training:
+            count = x.shape[0] * x.shape[2] * x.shape[3]
+            if count < 2:
+                raise ValueError(f"BatchNorm2d needs more than 1 value per channel in training, got x of shape "
+                                 f"{tuple(x.shape)}")
+            mean = xp.mean(x, axis=_AXES)                                   # (C,)
+            centered = x - per_channel(mean)
+            var = xp.mean(centered * centered, axis=_AXES)                  # (C,) biased
+            m = self.momentum
+            self.register_buffer("running_mean", (1 - m) * self.running_mean + m * mean)
+            self.register_buffer("running_var", (1 - m) * self.running_var + (m * count / (count - 1)) * var)
+            self.register_buffer("num_batches_tracked", self.num_batches_tracked + 1)
+        else:
+            centered, var = x - per_channel(self.running_mean), self.running_var
+        inv_std = per_channel(1.0 / xp.sqrt(var + self.eps))                # (1, C, 1, 1)
+        x_hat = centered * inv_std
+        self._cache = (x_hat, inv_std) if self.training else None
+        if not self.affine:
+            return x_hat
+        return x_hat * per_channel(self.weight.data) + per_channel(self.bias.data)
+
+    def backward(self, grad_output):
+        """dL/dx through the batch statistics; adds dL/dweight and dL/dbias (C,) to the grads."""
+        x_hat, inv_std = self._need_cache(self._cache)
+        self._cache = None
+        xp = namespace_of(grad_output, x_hat, names=["grad_output", "x"])
+        if tuple(grad_output.shape) != tuple(x_hat.shape):
+            raise ValueError(f"grad_output must have the output's shape {tuple(x_hat.shape)}, "
+                             f"got {tuple(grad_output.shape)}")
+        g = grad_output                                                     # dL/dx_hat
+        if self.affine:
+            self.weight.grad += xp.sum(grad_output * x_hat, axis=_AXES)
+            self.bias.grad += xp.sum(grad_output, axis=_AXES)
+            g = grad_output * xp.reshape(self.weight.data, (1, -1, 1, 1))
+        mean_g = xp.mean(g, axis=_AXES, keepdims=True)
+        mean_gx = xp.mean(g * x_hat, axis=_AXES, keepdims=True)
+        return inv_std * (g - mean_g - x_hat * mean_gx)
+
+    def extra_repr(self) -> str:
+        return (f"{self.num_features}, eps={self.eps}, momentum={self.momentum}, affine={self.affine}, "
+                f"backend={self.backend.name!r}")
