@@ -1,0 +1,111 @@
+"""ConvTranspose2d: the convolution's backward-data pass used as a forward; its backward is a convolution.
+
+The associated convolution maps z (N, out, OH, OW) to (N, in, H, W) with weight (in, out // groups, kh, kw):
+the transposed convolution of x is dL/dz of that convolution for dL/d(output) = x, and its
+gradients are that convolution's forward (dL/dx) and weight gradient (dL/dW).
+"""
+from __future__ import annotations
+
+import math
+import numbers
+
+import numpy as np
+
+from .._engine import DEFAULT_MAX_WORKSPACE_BYTES, col2im, conv_backward, conv_forward
+from ..functional import _int_tuple, make_geometry, namespace_of
+from .conv import kaiming_uniform
+from .module import Module, Parameter
+
+__all__ = ["ConvTranspose2d"]
+
+
+class ConvTranspose2d(Module):
+    """(N, in, H, W) -> (N, out, OH, OW) with OH = (H - 1)·stride - 2·padding + dilation·(kh - 1) + output_padding + 1.
+
+    weight (in, out // groups, kh, kw) and bias (out,) as in PyTorch, initialized like torch from ``seed``.
+    ``output_padding`` must be smaller than ``stride``.
+    """
+
+    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, output_padding=0, groups=1,
+                 bias=True, dilation=1, *, backend=None, device=None, dtype="float32", seed=None,
+                 max_workspace_bytes=DEFAULT_MAX_WORKSPACE_BYTES):
+        super().__init__(backend=backend, device=device, dtype=dtype)
+        for name, v in (("in_channels", in_channels), ("out_channels", out_channels)):
+            if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < 1:
+                raise ValueError(f"{name} must be a positive int, got {v!r}")
+        if isinstance(padding, str):
+            raise ValueError(f"ConvTranspose2d padding must be an int or a pair of ints, got {padding!r}")
+        kernel = _int_tuple(kernel_size, 2, "kernel_size", 1)
+        self.geom = make_geometry(kernel, stride, padding, dilation, groups)
+        self.output_padding = _int_tuple(output_padding, 2, "output_padding", 0)
+        if any(op >= s for op, s in zip(self.output_padding, self.geom.stride)):
+            raise ValueError(f"output_padding {self.output_padding} must be smaller than stride {self.geom.stride}")
+        if in_channels % groups or out_channels % groups:
+            raise ValueError(f"groups={groups} must divide in_channels={in_channels} and out_channels={out_channels}")
+        self.in_channels, self.out_channels, self.kernel_size = int(in_channels), int(out_channels), kernel
+        self.stride, self.padding, self.dilation, self.groups = stride, padding, dilation, groups
+        self.max_workspace_bytes = max_workspace_bytes
+        rng = np.random.default_rng(seed)
+        fan_in = out_channels // groups * math.prod(kernel)               # torch's fan_in of this weight
+        w = kaiming_uniform(rng, (in_channels, out_channels // groups, *kernel), fan_in)
+        self.weight = Parameter(self.backend.asarray(w, dtype=self.dtype))
+        self.bias = Parameter(self.backend.asarray(kaiming_uniform(rng, (out_channels,), fan_in),
+                                                   dtype=self.dtype)) if bias else None
+        self._x = None
+
+    def _clear_cache(self) -> None:
+        self._x = None
+
+    def output_shape(self, spatial) -> tuple[int, int]:
+        return tuple((s - 1) * st - lo - hi + d * (k - 1) + op + 1 for s, st, (lo, hi), d, k, op in
+                     zip(spatial, self.geom.stride, self.geom.padding, self.geom.dilation, self.kernel_size,
+                         self.output_padding))
+
+    def forward(self, x):
+        """y = col2im(Wᵀ · x) + b: the backward-data pass of the associated convolution."""
+        bias = None if self.bias is None else self.bias.data
+        xp = namespace_of(x, self.weight.data, bias, names=["x", "weight", "bias"])
+        if x.ndim != 4 or x.shape[1] != self.in_channels:
+            raise ValueError(f"ConvTranspose2d expects x of shape (N, {self.in_channels}, H, W), got {tuple(x.shape)}")
+        n, _, h, w = x.shape
+        out = self.output_shape((h, w))
+        if any(o < 1 for o in out):
+            raise ValueError(f"input {(h, w)} gives an empty output {out} with padding {self.padding}")
+        g, k = self.groups, math.prod(self.kernel_size)
+        w3 = xp.reshape(self.weight.data, (g, self.in_channels // g, (self.out_channels // g) * k))
+        cols = xp.matmul(xp.matrix_transpose(w3), xp.reshape(x, (n, g, self.in_channels // g, h * w)))
+        y = col2im(xp.reshape(cols, (n, self.out_channels, *self.kernel_size, h, w)), self.geom, out)
+        if bias is not None:
+            y = y + xp.reshape(bias, (1, -1, 1, 1))
+        self._x = x if self.training else None
+        return y                                                            # (N, out, OH, OW)
+
+    def backward(self, grad_output):
+        """dL/dx = conv2d(dL/dy, W); adds dL/dW (the convolution's weight gradient) and dL/db to the grads."""
+        x = self._need_cache(self._x)
+        self._x = None
+        xp = namespace_of(grad_output, x, names=["grad_output", "x"])
+        expected = (x.shape[0], self.out_channels, *self.output_shape(x.shape[2:]))
+        if tuple(grad_output.shape) != expected:
+            raise ValueError(f"grad_output must have the output's shape {expected}, got {tuple(grad_output.shape)}")
+        grad_x, cols = conv_forward(grad_output, self.weight.data, None, self.geom, keep_cols=True,
+                                    max_workspace_bytes=self.max_workspace_bytes)
+        _, grad_w = conv_backward(x, grad_output, self.weight.data, self.geom, cols=cols, need_input_grad=False,
+                                  max_workspace_bytes=self.max_workspace_bytes)
+        self.weight.grad += grad_w
+        if self.bias is not None:
+            self.bias.grad += xp.sum(grad_output, axis=(0, 2, 3))
+        return grad_x
+
+    def extra_repr(self) -> str:
+        s = (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
+             f"padding={self.padding!r}")
+        if any(self.output_padding):
+            s += f", output_padding={self.output_padding}"
+        if self.dilation != 1:
+            s += f", dilation={self.dilation}"
+        if self.groups != 1:
+            s += f", groups={self.groups}"
+        if self.bias is None:
+            s += ", bias=False"
+        return s + f", backend={self.backend.name!r}"
