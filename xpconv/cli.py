@@ -21,15 +21,15 @@ def _info(args) -> int:
     print(f"default backend: {get_default_backend()}  (set with XPCONV_BACKEND or xpconv.set_default_backend)")
     print()
     print(f"{'backend':<18}{'version':<14}{'usable':<8}devices / note")
-    any_gpu = False
-    for name, e in available_backends().items():
+    report = available_backends()
+    for name, e in report.items():
         usable = "yes" if e["usable"] else "no"
-        any_gpu |= any(d.startswith("cuda") for d in e["devices"])
         detail = ", ".join(e["devices"]) + (f"  ({e['note']})" if e["note"] else "")
         print(f"{name:<18}{e['version'] or '-':<14}{usable:<8}{detail}")
-    if not any_gpu:
-        print("\nNo usable CUDA GPU: '--backend auto' falls back to NumPy. In Docker, run with '--gpus all' and "
-              "the NVIDIA container toolkit installed.")
+    if not report["cupy"]["usable"]:  # '--backend auto' looks at CuPy only
+        print("\nNo usable CUDA GPU for CuPy: '--backend auto' falls back to NumPy on the CPU (with a warning).\n"
+              "Check `nvidia-smi`. In Docker, the host needs the NVIDIA Container Toolkit and the container "
+              "'--gpus all' (compose: a GPU reservation).")
     return 0
 
 
