@@ -20,7 +20,7 @@ __all__ = ["ConvTranspose2d"]
 
 
 class ConvTranspose2d(Module):
-    """(N, in, H, W) -> (N, out, OH, OW) with OH = (H - 1)·stride - 2·padding + dilation·(kh - 1) + output_padding + 1.
+    """(N, in, H, W) -> (N, out, OH, OW), OH = (H - 1)·stride - 2·padding + dilation·(kh - 1) + output_padding + 1.
 
     weight (in, out // groups, kh, kw) and bias (out,) as in PyTorch, initialized like torch from ``seed``.
     ``output_padding`` must be smaller than ``stride``.
