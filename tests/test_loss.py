@@ -79,3 +79,11 @@ def test_rejects_float_labels_and_bad_shapes(backend):
         loss_fn(_labels(backend, [[0, 1]]), _labels(backend, [0]))
     with pytest.raises(RuntimeError, match="needs a preceding"):
         nn.CrossEntropyLoss().backward()
+
+
+def test_rejects_labels_from_another_array_library(backend):
+    if backend.name == "numpy":
+        pytest.skip("NumPy labels are accepted on every backend; this checks the other direction")
+    logits = np.zeros((2, 3), dtype=np.float32)
+    with pytest.raises(TypeError, match="pass labels of the same library or NumPy"):
+        nn.CrossEntropyLoss()(logits, _labels(backend, [0, 1]))
