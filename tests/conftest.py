@@ -40,6 +40,12 @@ def _backend_params():
 
 BACKENDS = _backend_params()
 
+if HAS_TORCH:
+    import torch
+
+    # Tiny tensors: one thread avoids torch's thread-pool overhead on this shared 2-core machine.
+    torch.set_num_threads(1)
+
 
 def make_backend(spec: str):
     name, _, device = spec.partition(":")
