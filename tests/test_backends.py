@@ -83,3 +83,18 @@ def test_info_command_prints_backends(capsys):
     assert main(["info"]) == 0
     out = capsys.readouterr().out
     assert "numpy" in out and "array_api_strict" in out and "default backend" in out
+
+
+def test_a_broken_install_is_not_reported_as_missing(monkeypatch):
+    import importlib
+
+    real = importlib.import_module
+
+    def fake_import(name, *a):
+        if name == "cupy":
+            raise ImportError("libnvrtc.so.13: cannot open shared object file")
+        return real(name, *a)
+
+    monkeypatch.setattr(backends.importlib, "import_module", fake_import)
+    note = xpconv.available_backends()["cupy"]["note"]
+    assert note.startswith("installed but fails to import") and "libnvrtc" in note

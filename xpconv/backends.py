@@ -232,7 +232,8 @@ def available_backends() -> dict[str, dict]:
         try:
             mod = importlib.import_module(module)
         except Exception as exc:
-            entry["note"] = f"not installed: {_INSTALL_HINT[name]}" if isinstance(exc, ImportError) else str(exc)
+            missing = isinstance(exc, ModuleNotFoundError) and exc.name == module
+            entry["note"] = f"not installed: {_INSTALL_HINT[name]}" if missing else f"installed but fails to import: {exc}"
             report[name] = entry
             continue
         entry["installed"] = True
