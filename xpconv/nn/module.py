@@ -150,16 +150,25 @@ class Module:
         if missing or unexpected:
             raise ValueError(f"state dict does not match {type(self).__name__}: missing keys {missing}, "
                              f"unexpected keys {unexpected}")
+        host = {}
         for key, value in own.items():
-            got = np.shape(state[key])
-            if tuple(got) != value.shape:
-                raise ValueError(f"state dict entry {key!r} has shape {tuple(got)}, the model expects {value.shape}")
+            got = np.array(to_numpy(state[key]), copy=True)  # a copy: the model never aliases the caller's arrays
+            if got.shape != value.shape:
+                raise ValueError(f"state dict entry {key!r} has shape {got.shape}, the model expects {value.shape}")
+            if got.dtype.kind not in "biuf":
+                raise ValueError(f"state dict entry {key!r} has non-numeric dtype {got.dtype}")
+            host[key] = got
+        # Convert everything first, then assign: a failure part-way leaves the model unchanged.
+        new = {}
+        for prefix, m in self._named_modules():
+            for name in (*m._parameters, *m._buffers):
+                old = m._parameters[name].data if name in m._parameters else getattr(m, name)
+                new[prefix + name] = m.backend.asarray(host[prefix + name], dtype=old.dtype)
         for prefix, m in self._named_modules():
             for name, p in m._parameters.items():
-                p.data = m.backend.asarray(np.asarray(state[prefix + name]), dtype=p.data.dtype)
+                p.data = new[prefix + name]
             for name in m._buffers:
-                old = getattr(m, name)
-                object.__setattr__(m, name, m.backend.asarray(np.asarray(state[prefix + name]), dtype=old.dtype))
+                object.__setattr__(m, name, new[prefix + name])
             m._clear_cache()
 
     def _named_modules(self, prefix: str = ""):
