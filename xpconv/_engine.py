@@ -19,6 +19,7 @@ from functools import cached_property
 from array_api_compat import array_namespace, device
 
 DEFAULT_MAX_WORKSPACE_BYTES = 256 * 2**20
+CPU_CHUNK_BYTES = 8 * 2**20
 
 
 def conv_output_size(size: int, kernel: int, stride: int = 1, padding: tuple[int, int] = (0, 0),
@@ -101,6 +102,12 @@ def im2col(x, geom: ConvGeometry):
     return cols
 
 
+def _add_cols(target, batch: slice, cols, geom: ConvGeometry) -> None:
+    """target[batch] += col2im(cols), in place: one strided slice ``+=`` per kernel tap."""
+    for taps, out_sl, in_sl, _ in geom.windows(target.shape[2:]):
+        target[(batch, slice(None), *in_sl)] += cols[(*_ALL2, *taps, *out_sl)]
+
+
 def col2im(cols, geom: ConvGeometry, spatial):
     """Fold cols (N, C, *kernel, *out) back to (N, C, *spatial), adding overlaps with slice ``+=``."""
     xp = array_namespace(cols)
@@ -108,23 +115,34 @@ def col2im(cols, geom: ConvGeometry, spatial):
     if geom.is_pointwise:
         return xp.reshape(cols, (n, c, *spatial))
     x = xp.zeros((n, c, *spatial), dtype=cols.dtype, device=device(cols))
-    for taps, out_sl, in_sl, _ in geom.windows(spatial):
-        x[(*_ALL2, *in_sl)] += cols[(*_ALL2, *taps, *out_sl)]
+    _add_cols(x, slice(0, n), cols, geom)
     return x
 
 
-def _batch_chunks(n: int, bytes_per_sample: int, max_workspace_bytes: int | None):
-    """Slices over the batch so that one chunk's im2col buffer stays under the cap (at least 1 sample)."""
-    if max_workspace_bytes is None or n * bytes_per_sample <= max_workspace_bytes:
-        return [slice(0, n)]
-    step = max(1, max_workspace_bytes // max(bytes_per_sample, 1))
+def _batch_chunks(n: int, bytes_per_sample: int, max_workspace_bytes: int | None, on_cpu: bool = False):
+    """Slices over the batch so that one chunk's workspace stays under the cap (at least 1 sample).
+
+    On the CPU a chunk is also kept under ``CPU_CHUNK_BYTES`` when one sample fits in it: a
+    workspace that small stays in the caches and reuses heap pages, which measured faster than
+    one big buffer, even though backward must then redo the im2col (see docs/benchmarks.md).
+    """
+    budget = math.inf if max_workspace_bytes is None else max_workspace_bytes
+    if on_cpu and bytes_per_sample <= CPU_CHUNK_BYTES:
+        budget = min(budget, CPU_CHUNK_BYTES)
+    step = max(1, min(n, budget // max(bytes_per_sample, 1)))
     return [slice(i, min(i + step, n)) for i in range(0, n, step)]
+
+
+def _on_cpu(x) -> bool:
+    """True unless x lives on a CUDA device (where one big chunk means fewer kernel launches)."""
+    return "cuda" not in str(device(x)).lower()
 
 
 def conv_forward(x, weight, bias, geom: ConvGeometry, *, max_workspace_bytes=DEFAULT_MAX_WORKSPACE_BYTES,
                  keep_cols: bool = False):
     """y = W · im2col(x) + b, one batched GEMM per chunk of the batch.
 
+    Workspace per chunk: its cols (none for pointwise convolutions) and its GEMM result.
     Returns ``(y, cols)``; ``cols`` (N, C, *kernel, *out) is returned only when
     ``keep_cols`` and the whole batch fit in one chunk, else None.
     """
@@ -134,7 +152,8 @@ def conv_forward(x, weight, bias, geom: ConvGeometry, *, max_workspace_bytes=DEF
     out = geom.output_shape(spatial)
     ck, length = (c // g) * math.prod(geom.kernel), math.prod(out)
     w3 = xp.reshape(weight, (g, o // g, ck))                        # (G, O/G, Cg*K)
-    chunks = _batch_chunks(n, _itemsize(x) * c * math.prod(geom.kernel) * length, max_workspace_bytes)
+    cols_per_sample = 0 if geom.is_pointwise else c * math.prod(geom.kernel) * length
+    chunks = _batch_chunks(n, _itemsize(x) * (cols_per_sample + o * length), max_workspace_bytes, _on_cpu(x))
     y = None if len(chunks) == 1 else xp.empty((n, g, o // g, length), dtype=x.dtype, device=device(x))
     cols = None
     for sl in chunks:
@@ -145,6 +164,7 @@ def conv_forward(x, weight, bias, geom: ConvGeometry, *, max_workspace_bytes=DEF
             y = yc
         else:
             y[sl, ...] = yc
+            cols = yc = None                                          # freed before the next chunk's
     y = xp.reshape(y, (n, o, *out))
     if bias is not None:
         y += xp.reshape(bias, (1, o) + (1,) * geom.nd)
@@ -153,10 +173,13 @@ def conv_forward(x, weight, bias, geom: ConvGeometry, *, max_workspace_bytes=DEF
 
 def conv_backward(grad_output, x, weight, geom: ConvGeometry, *, cols=None, need_input_grad: bool = True,
                   max_workspace_bytes=DEFAULT_MAX_WORKSPACE_BYTES):
-    """(dL/dx, dL/dW) for y = conv(x, W); ``cols`` is forward's im2col(x) when kept.
+    """(dL/dx or None, dL/dW) for y = conv(x, W); ``cols`` is forward's im2col(x) when kept.
 
-    dL/dW = sum over the batch of dY · colsᵀ   (per sample, so chunking does not change the sum)
-    dL/dx = col2im(Wᵀ · dY)
+    dL/dW = sum over the batch of dY · colsᵀ, added one sample after the other: chunking
+            the batch does not change a bit of it (NumPy sums axis 0 in order)
+    dL/dx = col2im(Wᵀ · dY), folded into dL/dx chunk by chunk
+
+    Workspace per chunk: cols (unless kept), dcols (if dL/dx is needed), per-sample dW.
     """
     xp = array_namespace(grad_output, x, weight)
     n, c, *spatial = x.shape
@@ -164,26 +187,27 @@ def conv_backward(grad_output, x, weight, geom: ConvGeometry, *, cols=None, need
     ck, length = (c // g) * math.prod(geom.kernel), math.prod(grad_output.shape[2:])
     w3 = xp.reshape(weight, (g, o // g, ck))
     dy = xp.reshape(grad_output, (n, g, o // g, length))              # (N, G, O/G, L)
-    if cols is not None:
-        chunks = [slice(0, n)]
-    else:
-        chunks = _batch_chunks(n, _itemsize(x) * c * math.prod(geom.kernel) * length, max_workspace_bytes)
-    partial_dw = xp.empty((n, g, o // g, ck), dtype=x.dtype, device=device(x))
-    grad_input = (xp.empty(x.shape, dtype=x.dtype, device=device(x))
+    cols_per_sample = 0 if geom.is_pointwise else c * math.prod(geom.kernel) * length
+    per_sample = (cols_per_sample * ((cols is None) + need_input_grad) + o * ck)
+    chunks = _batch_chunks(n, _itemsize(x) * per_sample, max_workspace_bytes, _on_cpu(x))
+    grad_input = (xp.zeros(x.shape, dtype=x.dtype, device=device(x))
                   if need_input_grad and len(chunks) > 1 else None)
+    grad_weight = None
     for sl in chunks:
-        chunk_cols = im2col(x[sl, ...], geom) if cols is None else cols
+        chunk_cols = im2col(x[sl, ...], geom) if cols is None else cols[sl, ...]
         m = chunk_cols.shape[0]
-        partial_dw[sl, ...] = xp.matmul(dy[sl, ...], xp.matrix_transpose(xp.reshape(chunk_cols, (m, g, ck, length))))
+        partial = xp.matmul(dy[sl, ...], xp.matrix_transpose(xp.reshape(chunk_cols, (m, g, ck, length))))
+        if grad_weight is not None:                                    # (m, G, O/G, Cg*K)
+            partial[0, ...] += grad_weight
+        grad_weight = xp.sum(partial, axis=0)
         if need_input_grad:
-            dcols = xp.matmul(xp.matrix_transpose(w3), dy[sl, ...])   # (m, G, Cg*K, L)
-            dx = col2im(xp.reshape(dcols, chunk_cols.shape), geom, spatial)
+            dcols = xp.reshape(xp.matmul(xp.matrix_transpose(w3), dy[sl, ...]), chunk_cols.shape)
             if grad_input is None:
-                grad_input = dx
+                grad_input = col2im(dcols, geom, spatial)
             else:
-                grad_input[sl, ...] = dx
-    grad_weight = xp.reshape(xp.sum(partial_dw, axis=0), weight.shape)
-    return grad_input, grad_weight
+                _add_cols(grad_input, sl, dcols, geom)
+        chunk_cols = partial = dcols = None                            # freed before the next chunk's
+    return grad_input, xp.reshape(grad_weight, weight.shape)
 
 
 def _itemsize(x) -> int:

@@ -7,7 +7,7 @@ import platform
 import sys
 
 # Modules that each define ``register(subparsers)``, adding one or more subcommands.
-_COMMAND_MODULES: tuple[str, ...] = ("xpconv.train",)
+_COMMAND_MODULES: tuple[str, ...] = ("xpconv.train", "xpconv.bench.cli")
 
 
 def _info(args) -> int:

@@ -1,0 +1,84 @@
+"""Smoke tests of ``xpconv bench`` on tiny layers: JSON structure, positive timings, skips, errors."""
+from __future__ import annotations
+
+import importlib.util
+import json
+
+import pytest
+
+from xpconv.bench.driver import make_runners, memory_sweep
+from xpconv.bench.suite import SUITE, Layer, select_layers
+from xpconv.cli import main
+
+HAS_TORCH = importlib.util.find_spec("torch") is not None
+TINY = "2,3,6x6,4,3,1,1"
+
+
+def test_bench_json_has_environment_results_and_positive_timings(tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    rc = main(["bench", "--backends", "numpy,cupy,torch-ref", "--layers", f"{TINY};3,4,9,4,3,2,0,2",
+               "--repeats", "2", "--warmup", "1", "--threads", "1", "--json", str(out), "--no-progress"])
+    assert rc == 0
+    stdout = capsys.readouterr().out
+    assert "| layer |" in stdout and "numpy: fwd+bwd time" in stdout
+    data = json.loads(out.read_text())
+    env = data["environment"]
+    assert env["threads"] == 1 and env["versions"]["numpy"] and env["cpu"]
+    assert isinstance(env["blas"], list) and "CUPY_TF32" in env["env"]
+    expected = {"numpy", "torch-ref"} if HAS_TORCH else {"numpy"}
+    assert {r["backend"] for r in data["results"]} == expected
+    assert [layer["name"] for layer in data["config"]["layers"]] == [TINY, "3,4,9,4,3,2,0,2"]
+    for r in data["results"]:
+        for key in ("forward_s", "backward_s", "step_s", "gemm_gflops", "step_gflops", "shaped_gemm_gflops"):
+            assert r[key] > 0, key
+        assert len(r["step_times"]) == 2
+        assert r["ref_ratio"] is None or r["ref_ratio"] > 0
+    numpy_rows = [r for r in data["results"] if r["backend"] == "numpy"]
+    assert all(r["peak_workspace_bytes"] > 0 for r in numpy_rows)
+    if HAS_TORCH:
+        assert data["environment"]["torch"]["num_threads"] == 1
+        assert all(r["ref_ratio"] > 0 for r in numpy_rows)
+        assert data["summary"]["numpy"]["geomean_vs_torch_ref"] > 0
+    if "cupy" in data["skipped"]:
+        assert "cupy" in data["skipped"]["cupy"]
+
+
+def test_bench_plot_writes_a_png(tmp_path):
+    pytest.importorskip("matplotlib")
+    png = tmp_path / "bench.png"
+    assert main(["bench", "--backends", "numpy", "--layers", TINY, "--repeats", "1", "--warmup", "0",
+                 "--plot", str(png), "--no-progress"]) == 0
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_memory_sweep_peak_is_bounded_by_the_cap():
+    """Capped peak stays near the activations while the uncapped one grows with the im2col buffer."""
+    layer = Layer("sweep", 1, 8, (32, 32), 8, 5, 1, 2)
+    runners, _ = make_runners(["numpy"])
+    cap = 2**20
+    rows = memory_sweep(runners, cap, repeats=1, warmup=0, layer=layer, batches=(2, 32), progress=False)
+    peak = {(r["n"], r["max_workspace_bytes"]): r["peak_bytes"] for r in rows}
+    big = [r for r in rows if r["n"] == 32][0]
+    assert big["im2col_bytes"] > 4 * cap
+    assert peak[(32, cap)] < big["activation_bytes"] + 2 * cap
+    assert peak[(32, cap)] < peak[(32, None)]
+
+
+def test_bad_layer_and_backend_are_reported(capsys):
+    assert main(["bench", "--layers", "no-such-layer", "--no-progress"]) == 2
+    assert "unknown layer 'no-such-layer'" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["bench", "--backends", "numpy,tensorflow"])
+
+
+def test_suite_matches_the_issue():
+    specs = {(s.n, s.c, s.size[0], s.o, s.k, s.stride, s.pad) for s in SUITE if s.nd == 2 and s.groups == 1}
+    for spec in [(32, 3, 32, 32, 3, 1, 1), (32, 64, 32, 64, 3, 1, 1), (32, 64, 32, 128, 3, 2, 1),
+                 (64, 128, 16, 128, 3, 1, 1), (16, 256, 14, 256, 3, 1, 1), (32, 64, 56, 64, 1, 1, 0),
+                 (8, 32, 64, 32, 5, 1, 2)]:
+        assert spec in specs
+    assert any(s.groups == s.c > 1 for s in SUITE)
+    assert {1, 3} <= {s.nd for s in SUITE}
+    assert [s.name for s in select_layers("quick")] and len(select_layers("all")) == len(SUITE)
+    with pytest.raises(ValueError, match="groups must divide"):
+        select_layers("2,3,8,4,3,1,1,2")

@@ -1,0 +1,138 @@
+"""The engine's parts: output sizes, im2col/col2im against explicit loops and each other, forward/backward."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from conftest import as_numpy
+from reference import conv_backward_reference, conv_reference
+from xpconv._engine import (CPU_CHUNK_BYTES, ConvGeometry, _batch_chunks, col2im, conv_backward, conv_forward,
+                            conv_output_size, im2col)
+
+# (x shape, kernel, stride, (lo, hi) padding, dilation, groups)
+CASES = {
+    "1d-pad": ((2, 3, 7), (3,), (1,), ((1, 1),), (1,), 1),
+    "2d-stride-dilation-groups": ((2, 4, 6, 5), (3, 2), (2, 1), ((1, 0), (2, 1)), (1, 2), 2),
+    "3d-mixed": ((1, 2, 4, 5, 3), (2, 3, 1), (1, 2, 1), ((0, 1), (1, 1), (0, 0)), (2, 1, 1), 1),
+    "pointwise": ((3, 4, 5, 5), (1, 1), (1, 1), ((0, 0), (0, 0)), (1, 1), 2),
+    "stride>kernel": ((2, 2, 7, 7), (2, 2), (3, 3), ((0, 0), (0, 0)), (1, 1), 1),
+    "padding-only-taps": ((1, 2, 2, 3), (3, 3), (1, 2), ((3, 3), (2, 1)), (2, 1), 1),
+}
+
+
+def _geometry(case):
+    _, kernel, stride, padding, dilation, groups = case
+    return ConvGeometry(kernel, stride, padding, dilation, groups)
+
+
+def _im2col_loops(x, geom):
+    """cols[n, c, *t, *j] = x_padded[n, c, *(j * stride + t * dilation)], one element at a time."""
+    n, c, *spatial = x.shape
+    xpad = np.pad(x, [(0, 0), (0, 0), *geom.padding])
+    out = geom.output_shape(spatial)
+    cols = np.zeros((n, c, *geom.kernel, *out))
+    for t in np.ndindex(*geom.kernel):
+        for j in np.ndindex(*out):
+            pos = tuple(ji * s + ti * d for ji, ti, s, d in zip(j, t, geom.stride, geom.dilation))
+            cols[(slice(None), slice(None), *t, *j)] = xpad[(slice(None), slice(None), *pos)]
+    return cols
+
+
+@pytest.mark.parametrize("size,kernel,stride,padding,dilation,expected", [
+    (32, 3, 1, (1, 1), 1, 32), (32, 3, 2, (1, 1), 1, 16), (7, 3, 2, (0, 0), 2, 2),
+    (5, 1, 1, (0, 0), 1, 5), (4, 3, 1, (0, 1), 1, 3), (10, 4, 3, (2, 2), 1, 4), (3, 3, 1, (0, 0), 1, 1),
+])
+def test_conv_output_size_matches_pytorch_formula_examples(size, kernel, stride, padding, dilation, expected):
+    assert conv_output_size(size, kernel, stride, padding, dilation) == expected
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_im2col_matches_explicit_loops(backend, rng, name):
+    shape = CASES[name][0]
+    geom = _geometry(CASES[name])
+    x = rng.standard_normal(shape)
+    cols = im2col(backend.asarray(x, dtype="float64"), geom)
+    np.testing.assert_array_equal(as_numpy(cols), _im2col_loops(x, geom))
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_col2im_is_the_adjoint_of_im2col(backend, rng, name):
+    """<im2col(x), c> == <x, col2im(c)> for random x and c: col2im adds every copy back."""
+    shape = CASES[name][0]
+    geom = _geometry(CASES[name])
+    x = rng.standard_normal(shape)
+    c = rng.standard_normal((shape[0], shape[1], *geom.kernel, *geom.output_shape(shape[2:])))
+    xb, cb = backend.asarray(x, dtype="float64"), backend.asarray(c, dtype="float64")
+    lhs = np.sum(as_numpy(im2col(xb, geom)) * c)
+    folded = col2im(cb, geom, shape[2:])
+    assert tuple(folded.shape) == shape
+    np.testing.assert_allclose(lhs, np.sum(x * as_numpy(folded)), rtol=1e-12)
+
+
+def test_im2col_and_col2im_leave_inputs_unchanged(rng):
+    geom = _geometry(CASES["2d-stride-dilation-groups"])
+    x = rng.standard_normal(CASES["2d-stride-dilation-groups"][0])
+    x0 = x.copy()
+    cols = im2col(x, geom)
+    cols0 = cols.copy()
+    col2im(cols, geom, x.shape[2:])
+    np.testing.assert_array_equal(x, x0)
+    np.testing.assert_array_equal(cols, cols0)
+
+
+@pytest.mark.parametrize("keep_cols", [False, True])
+@pytest.mark.parametrize("name", CASES)
+def test_forward_and_backward_match_the_loop_reference(backend, rng, name, keep_cols):
+    shape, kernel, stride, padding, dilation, groups = CASES[name]
+    geom = _geometry(CASES[name])
+    o = 2 * groups
+    x = rng.standard_normal(shape)
+    w = rng.standard_normal((o, shape[1] // groups, *kernel))
+    b = rng.standard_normal(o)
+    dy = rng.standard_normal((shape[0], o, *geom.output_shape(shape[2:])))
+    xb, wb, bb, dyb = (backend.asarray(a, dtype="float64") for a in (x, w, b, dy))
+    y, cols = conv_forward(xb, wb, bb, geom, keep_cols=keep_cols)
+    assert (cols is not None) == keep_cols
+    np.testing.assert_allclose(as_numpy(y), conv_reference(x, w, b, stride, padding, dilation, groups),
+                               rtol=1e-10, atol=1e-12)
+    dx, dw = conv_backward(dyb, xb, wb, geom, cols=cols)
+    dx_ref, dw_ref, _ = conv_backward_reference(dy, x, w, stride, padding, dilation, groups)
+    np.testing.assert_allclose(as_numpy(dx), dx_ref, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(as_numpy(dw), dw_ref, rtol=1e-10, atol=1e-12)
+    none, dw2 = conv_backward(dyb, xb, wb, geom, cols=cols, need_input_grad=False)
+    assert none is None
+    np.testing.assert_array_equal(as_numpy(dw2), as_numpy(dw))
+
+
+def test_float32_stays_float32(backend, rng):
+    geom = _geometry(CASES["2d-stride-dilation-groups"])
+    x = backend.asarray(rng.standard_normal((2, 4, 6, 5)), dtype="float32")
+    w = backend.asarray(rng.standard_normal((4, 2, 3, 2)), dtype="float32")
+    b = backend.asarray(rng.standard_normal(4), dtype="float32")
+    y, cols = conv_forward(x, w, b, geom, keep_cols=True)
+    dx, dw = conv_backward(backend.xp.ones_like(y), x, w, geom, cols=cols)
+    assert {a.dtype for a in (y, cols, dx, dw)} == {x.dtype}
+
+
+@pytest.mark.parametrize("on_cpu", [False, True])
+@pytest.mark.parametrize("n,per_sample,cap", [(10, 100, 250), (7, 100, 10_000), (5, 100, 1), (1, 10**9, 10),
+                                              (9, 3, None), (40, 2**20, None), (40, 2**20, 2**30),
+                                              (3, 9 * 2**20, 2**30)])
+def test_batch_chunks_cover_the_batch_in_order_under_the_cap(n, per_sample, cap, on_cpu):
+    chunks = _batch_chunks(n, per_sample, cap, on_cpu)
+    covered = [i for sl in chunks for i in range(sl.start, sl.stop)]
+    assert covered == list(range(n))
+    limit = min(cap or n * per_sample, CPU_CHUNK_BYTES if on_cpu and per_sample <= CPU_CHUNK_BYTES else n * per_sample)
+    for sl in chunks:
+        assert sl.stop - sl.start == 1 or (sl.stop - sl.start) * per_sample <= limit
+    if n * per_sample <= limit:
+        assert len(chunks) == 1
+    else:
+        assert len(chunks) == -(-n // max(1, limit // per_sample))
+
+
+def test_pointwise_im2col_is_a_view_of_the_input():
+    """A 1x1, stride-1, unpadded convolution does no copy: cols shares x's memory."""
+    x = np.arange(2 * 3 * 4 * 4, dtype=np.float32).reshape(2, 3, 4, 4)
+    cols = im2col(x, ConvGeometry((1, 1), (1, 1), ((0, 0), (0, 0)), (1, 1)))
+    assert np.shares_memory(cols, x)

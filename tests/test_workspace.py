@@ -1,0 +1,128 @@
+"""The workspace cap: chunking the batch changes no bit of the results, and bounds the memory used."""
+from __future__ import annotations
+
+import math
+import tracemalloc
+
+import numpy as np
+import pytest
+
+import xpconv
+from conftest import as_numpy
+from xpconv._engine import ConvGeometry, conv_backward, conv_forward
+
+# (x shape, weight shape, stride, padding, groups): batches of 5 split as 1+1+1+1+1 and 2+2+1
+LAYERS = {
+    "2d-padded": ((5, 3, 9, 8), (4, 3, 3, 3), 1, 1, 1),
+    "2d-strided-grouped": ((5, 4, 9, 9), (6, 2, 3, 3), 2, 1, 2),
+    "2d-depthwise": ((5, 4, 8, 8), (4, 1, 3, 3), 1, 1, 4),
+    "2d-pointwise": ((5, 6, 7, 7), (3, 6, 1, 1), 1, 0, 1),
+    "1d": ((5, 3, 17), (4, 3, 5), 1, 2, 1),
+    "3d": ((5, 2, 5, 6, 4), (3, 2, 3, 2, 3), 1, 1, 1),
+}
+
+
+def _setup(name, rng, dtype=np.float32):
+    x_shape, w_shape, stride, pad, groups = LAYERS[name]
+    nd = len(x_shape) - 2
+    geom = ConvGeometry(w_shape[2:], (stride,) * nd, ((pad, pad),) * nd, (1,) * nd, groups)
+    x = rng.standard_normal(x_shape).astype(dtype)
+    w = rng.standard_normal(w_shape).astype(dtype)
+    b = rng.standard_normal(w_shape[0]).astype(dtype)
+    dy = rng.standard_normal((x_shape[0], w_shape[0], *geom.output_shape(x_shape[2:]))).astype(dtype)
+    return geom, x, w, b, dy
+
+
+def _per_sample_cols_bytes(x, geom):
+    return 4 * x.shape[1] * math.prod(geom.kernel) * math.prod(geom.output_shape(x.shape[2:]))
+
+
+@pytest.mark.parametrize("cap_in_samples", [0, 2.5])
+@pytest.mark.parametrize("name", LAYERS)
+def test_chunked_results_are_bit_identical_on_numpy(rng, name, cap_in_samples):
+    """Forward y, dx and dW under a tiny cap equal the one-chunk results to the last bit.
+
+    The cap is 1 byte (one sample per chunk) or 2.5 samples' columns and outputs (uneven chunks;
+    a pointwise convolution needs no columns).
+    """
+    geom, x, w, b, dy = _setup(name, rng)
+    cols = 0 if geom.is_pointwise else _per_sample_cols_bytes(x, geom)
+    per_sample = cols + 4 * math.prod(dy.shape[1:])
+    cap = max(1, int(cap_in_samples * per_sample))
+    y_one, cols = conv_forward(x, w, b, geom, keep_cols=True)
+    assert cols is not None
+    y_chunked, no_cols = conv_forward(x, w, b, geom, max_workspace_bytes=cap, keep_cols=True)
+    assert no_cols is None
+    np.testing.assert_array_equal(y_chunked, y_one)
+    assert np.array_equal(y_chunked, y_one)
+    dx_one, dw_one = conv_backward(dy, x, w, geom, cols=cols)
+    dx_recomputed, dw_recomputed = conv_backward(dy, x, w, geom)
+    dx_chunked, dw_chunked = conv_backward(dy, x, w, geom, max_workspace_bytes=cap)
+    dx_kept_chunked, dw_kept_chunked = conv_backward(dy, x, w, geom, cols=cols, max_workspace_bytes=cap)
+    for dx in (dx_recomputed, dx_chunked, dx_kept_chunked):
+        assert np.array_equal(dx, dx_one)
+    for dw in (dw_recomputed, dw_chunked, dw_kept_chunked):
+        assert np.array_equal(dw, dw_one)
+
+
+def test_chunked_functional_api_is_bit_identical(rng):
+    """Through xpconv.conv2d / conv2d_backward with max_workspace_bytes=1 (one sample per chunk)."""
+    x = rng.standard_normal((6, 3, 10, 10)).astype(np.float32)
+    w = rng.standard_normal((5, 3, 3, 3)).astype(np.float32)
+    b = rng.standard_normal(5).astype(np.float32)
+    kw = dict(stride=2, padding=1)
+    y = xpconv.conv2d(x, w, b, **kw)
+    assert np.array_equal(xpconv.conv2d(x, w, b, max_workspace_bytes=1, **kw), y)
+    dy = rng.standard_normal(y.shape).astype(np.float32)
+    full = xpconv.conv2d_backward(dy, x, w, **kw)
+    chunked = xpconv.conv2d_backward(dy, x, w, max_workspace_bytes=1, **kw)
+    for a, b_ in zip(full, chunked):
+        assert np.array_equal(a, b_)
+
+
+@pytest.mark.parametrize("name", ["2d-strided-grouped", "3d"])
+def test_chunked_results_match_on_every_backend(backend, rng, name):
+    geom, x, w, b, dy = _setup(name, rng)
+    xb, wb, bb, dyb = (backend.asarray(a) for a in (x, w, b, dy))
+    y_one, cols = conv_forward(xb, wb, bb, geom, keep_cols=True)
+    y_chunked, _ = conv_forward(xb, wb, bb, geom, max_workspace_bytes=1)
+    np.testing.assert_allclose(as_numpy(y_chunked), as_numpy(y_one), rtol=1e-5, atol=1e-5)
+    for one, chunked in zip(conv_backward(dyb, xb, wb, geom, cols=cols),
+                            conv_backward(dyb, xb, wb, geom, max_workspace_bytes=1)):
+        np.testing.assert_allclose(as_numpy(chunked), as_numpy(one), rtol=1e-5, atol=1e-4)
+
+
+def _peak_bytes(fn) -> int:
+    tracemalloc.start()
+    try:
+        tracemalloc.reset_peak()
+        base = tracemalloc.get_traced_memory()[0]
+        fn()
+        return tracemalloc.get_traced_memory()[1] - base
+    finally:
+        tracemalloc.stop()
+
+
+def test_the_cap_bounds_the_memory_forward_and_backward_allocate(rng):
+    """With a 2 MiB cap, forward allocates at most y + cap, backward dx + dW + cap (+ 64 KiB slack),
+    although the full im2col buffer of this layer is 18 MiB."""
+    x = rng.standard_normal((32, 16, 32, 32)).astype(np.float32)
+    w = rng.standard_normal((16, 16, 3, 3)).astype(np.float32)
+    dy = rng.standard_normal((32, 16, 32, 32)).astype(np.float32)
+    geom = ConvGeometry((3, 3), (1, 1), ((1, 1), (1, 1)), (1, 1))
+    cap, slack = 2 * 2**20, 2**16
+    assert 32 * _per_sample_cols_bytes(x, geom) > 8 * cap
+    assert _peak_bytes(lambda: conv_forward(x, w, None, geom, max_workspace_bytes=cap)) <= dy.nbytes + cap + slack
+    peak = _peak_bytes(lambda: conv_backward(dy, x, w, geom, max_workspace_bytes=cap))
+    assert peak <= x.nbytes + w.nbytes + cap + slack
+    uncapped = _peak_bytes(lambda: conv_backward(dy, x, w, geom, max_workspace_bytes=None))
+    assert peak < uncapped
+
+
+def test_inputs_are_not_modified_when_chunked(rng):
+    geom, x, w, b, dy = _setup("2d-padded", rng)
+    saved = [a.copy() for a in (x, w, b, dy)]
+    _, cols = conv_forward(x, w, b, geom, max_workspace_bytes=1)
+    conv_backward(dy, x, w, geom, max_workspace_bytes=1)
+    for a, a0 in zip((x, w, b, dy), saved):
+        assert np.array_equal(a, a0)

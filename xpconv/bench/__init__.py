@@ -1,0 +1,7 @@
+"""The ``xpconv bench`` benchmark: suite, runners, timing, reports.
+
+``xpconv bench --help`` (or ``python benchmarks/run.py``) runs it; :mod:`.cli`
+registers the subcommand, :mod:`.suite` defines the layers, :mod:`.driver`
+times them with :mod:`.runners` and :mod:`.timing`, and :mod:`.report` writes
+the markdown table, JSON and plots.
+"""

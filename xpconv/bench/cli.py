@@ -1,0 +1,129 @@
+"""``xpconv bench``: time the convolution suite on each backend against torch and a plain GEMM."""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from .runners import BACKEND_CHOICES
+from .suite import MEMORY_SWEEP_LAYER, QUICK, SUITE
+
+__all__ = ["register", "run"]
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def _backends(text: str) -> list[str]:
+    names = [b.strip() for b in text.split(",") if b.strip()]
+    bad = [b for b in names if b not in BACKEND_CHOICES]
+    if bad or not names:
+        raise argparse.ArgumentTypeError(f"unknown backend(s) {bad}; choose from {','.join(BACKEND_CHOICES)}")
+    return names
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "bench", help="benchmark the convolution suite on the backends",
+        description="Time forward, backward and forward+backward of the suite's layers (median after warm-up; "
+                    "CUDA events on the GPU) on each backend, against torch's own convolution and a same-FLOP "
+                    "GEMM. Prints a markdown table; see benchmarks/README.md.")
+    p.add_argument("--backends", type=_backends, default=["numpy", "torch", "torch-ref"],
+                   help=f"comma-separated from {','.join(BACKEND_CHOICES)}; torch-ref is torch.nn.functional.conv*d "
+                        "with autograd. Unavailable ones are skipped with a note (default: numpy,torch,torch-ref)")
+    p.add_argument("--layers", default="all",
+                   help=f"all, quick ({','.join(QUICK)}), comma-separated names "
+                        f"({', '.join(layer.name for layer in SUITE)}), or custom layers 'N,C,S,O,k,stride,pad"
+                        "[,groups]' (S = 32, 32x32 or 16x16x16) separated by ';'")
+    p.add_argument("--repeats", type=_positive, default=5, help="timed calls per measurement (median; default 5)")
+    p.add_argument("--warmup", type=int, default=1, help="untimed calls first (default 1)")
+    p.add_argument("--threads", type=_positive, default=None,
+                   help="BLAS/OpenMP threads (threadpoolctl) and torch.set_num_threads (default: all CPUs)")
+    p.add_argument("--max-workspace-bytes", type=int, default=None,
+                   help="im2col workspace cap given to xpconv (default: the library default, 256 MiB)")
+    p.add_argument("--torch-device", default="cpu", help="device for the torch and torch-ref backends "
+                                                         "(cpu or cuda; default cpu)")
+    p.add_argument("--tf32", action="store_true",
+                   help="allow TF32 on the GPU: torch's cuDNN/cuBLAS flags, and CUPY_TF32=1 unless already set "
+                        "(default: off on both sides)")
+    p.add_argument("--memory-sweep", action="store_true",
+                   help=f"also measure peak memory vs batch size for {MEMORY_SWEEP_LAYER}, with and without the cap")
+    p.add_argument("--json", metavar="PATH", help="write all results and the environment as JSON")
+    p.add_argument("--plot", metavar="PATH", help="write a bar chart of GFLOP/s (PNG; needs matplotlib)")
+    p.add_argument("--memory-plot", metavar="PATH",
+                   help="where the memory-sweep chart goes (default: next to --plot, suffix -memory)")
+    p.add_argument("--seed", type=int, default=0, help="random inputs' seed (default 0)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from .._engine import DEFAULT_MAX_WORKSPACE_BYTES
+    from . import report
+    from .driver import make_runners, memory_sweep, run_suite, summarize
+    from .environment import collect_environment, set_tf32, set_threads
+    from .suite import select_layers
+
+    try:
+        layers = select_layers(args.layers)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if args.tf32:
+        os.environ.setdefault("CUPY_TF32", "1")  # before CuPy is imported by a runner
+    threads = args.threads or (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count())
+    cap = DEFAULT_MAX_WORKSPACE_BYTES if args.max_workspace_bytes is None else args.max_workspace_bytes
+    runners, skipped = make_runners(args.backends, args.torch_device)
+    if not runners:
+        print("error: none of the requested backends can run here", file=sys.stderr)
+        return 1
+    set_tf32(args.tf32)
+    limiter = set_threads(threads)
+    progress = not args.no_progress
+    try:
+        rows = run_suite(runners, layers, repeats=args.repeats, warmup=args.warmup, max_workspace_bytes=cap,
+                         seed=args.seed, progress=progress)
+        sweep = (memory_sweep(runners, cap, repeats=min(args.repeats, 3), warmup=args.warmup, seed=args.seed,
+                              progress=progress) if args.memory_sweep else [])
+    finally:
+        if limiter is not None:
+            limiter.restore_original_limits()
+    env = collect_environment()
+    env["threads"] = threads
+    env["tf32"] = args.tf32
+    summary = summarize(rows)
+
+    print(report.markdown_table(rows, layers))
+    print()
+    print(report.summary_lines(summary))
+    if sweep:
+        print()
+        print(report.sweep_table(sweep))
+    for name, reason in skipped.items():
+        print(f"skipped {name}: {reason}")
+    gpu = env.get("gpu") or env.get("torch", {}).get("gpu")
+    on_gpu = any(getattr(r, "on_gpu", False) for r in runners)
+    title = f"{gpu if on_gpu and gpu else env['cpu']}, {threads} threads, float32"
+    if args.json:
+        report.write_json(args.json, {
+            "environment": env,
+            "config": {"backends": args.backends, "layers": [layer.as_dict() for layer in layers],
+                       "repeats": args.repeats, "warmup": args.warmup, "threads": threads,
+                       "max_workspace_bytes": cap, "torch_device": args.torch_device, "tf32": args.tf32},
+            "results": rows, "summary": summary, "memory_sweep": sweep, "skipped": skipped})
+        print(f"wrote {args.json}", file=sys.stderr)
+    if args.plot:
+        if not report.plot_suite(rows, args.plot, title):
+            return 1
+        print(f"wrote {args.plot}", file=sys.stderr)
+    if sweep and (args.plot or args.memory_plot):
+        path = args.memory_plot or str(Path(args.plot).with_name(Path(args.plot).stem + "-memory.png"))
+        if not report.plot_memory(sweep, path, f"{MEMORY_SWEEP_LAYER}: {title}"):
+            return 1
+        print(f"wrote {path}", file=sys.stderr)
+    return 0

@@ -1,0 +1,98 @@
+"""The facts a benchmark figure depends on: versions, BLAS and threads, CPU/GPU, TF32 switches."""
+from __future__ import annotations
+
+import os
+import platform
+import sys
+from datetime import datetime, timezone
+
+__all__ = ["set_threads", "set_tf32", "collect_environment"]
+
+_ENV_VARS = ("CUPY_TF32", "OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS",
+             "MKL_NUM_THREADS", "XPCONV_BACKEND")
+
+
+def set_threads(threads: int):
+    """Limit BLAS/OpenMP pools (threadpoolctl) and torch's intra-op pool to ``threads``.
+
+    Returns the threadpoolctl limiter to keep alive (None when threadpoolctl is missing).
+    """
+    if "torch" in sys.modules:
+        sys.modules["torch"].set_num_threads(threads)
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:
+        print("note: threadpoolctl is not installed (pip install threadpoolctl); BLAS threads are not limited",
+              file=sys.stderr)
+        return None
+    return threadpool_limits(limits=threads)
+
+
+def set_tf32(enabled: bool) -> None:
+    """TF32 for torch's cuDNN/cuBLAS as asked (CuPy reads ``CUPY_TF32`` from the environment when imported)."""
+    if "torch" in sys.modules:
+        torch = sys.modules["torch"]
+        torch.backends.cuda.matmul.allow_tf32 = enabled
+        torch.backends.cudnn.allow_tf32 = enabled
+
+
+def _cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _blas_info() -> list[dict]:
+    try:
+        from threadpoolctl import threadpool_info
+    except ImportError:
+        return []
+    keys = ("user_api", "internal_api", "prefix", "version", "num_threads", "architecture", "threading_layer")
+    return [{k: pool.get(k) for k in keys if k in pool} for pool in threadpool_info()]
+
+
+def collect_environment() -> dict:
+    """Versions, BLAS pools and their threads, CPU and GPU names, TF32 switches, relevant env vars."""
+    import array_api_compat
+    import numpy
+
+    from .. import __version__
+
+    env = {
+        "timestamp": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "command": " ".join(["xpconv", *sys.argv[1:]]) if sys.argv else "",
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "cpu": _cpu_name(),
+        "cpu_count": os.cpu_count(),
+        "versions": {"xpconv": __version__, "numpy": numpy.__version__,
+                     "array_api_compat": array_api_compat.__version__},
+        "blas": _blas_info(),
+        "env": {k: os.environ.get(k) for k in _ENV_VARS},
+    }
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        env["versions"]["torch"] = torch.__version__
+        env["torch"] = {
+            "num_threads": torch.get_num_threads(),
+            "cuda_matmul_allow_tf32": torch.backends.cuda.matmul.allow_tf32,
+            "cudnn_allow_tf32": torch.backends.cudnn.allow_tf32,
+            "float32_matmul_precision": torch.get_float32_matmul_precision(),
+            "mkldnn_enabled": torch.backends.mkldnn.is_available(),
+        }
+        if torch.cuda.is_available():
+            env["torch"]["gpu"] = torch.cuda.get_device_name(0)
+    cupy = sys.modules.get("cupy")
+    if cupy is not None:
+        env["versions"]["cupy"] = cupy.__version__
+        try:
+            name = cupy.cuda.runtime.getDeviceProperties(0)["name"]
+            env["gpu"] = name.decode() if isinstance(name, bytes) else str(name)
+        except Exception as exc:  # no device: record why
+            env["gpu"] = f"unavailable ({exc})"
+    return env
