@@ -24,7 +24,8 @@ from .optim import SGD, Adam
 
 __all__ = ["make_optimizer", "evaluate", "fit", "plot_curves", "register"]
 
-DEFAULTS = dict(epochs=40, batch_size=32, optimizer="adam", seed=0)
+DEFAULTS = dict(batch_size=32, optimizer="adam", seed=0)
+DEFAULT_EPOCHS = {"digits": 40, "mnist": 3}
 DEFAULT_LR = {"adam": 3e-3, "sgd": 0.05}
 
 
@@ -170,21 +171,22 @@ def _add_data_args(p, default_dataset):
 
 def _run_train(args) -> int:
     backend = get_backend(args.backend, args.device)
+    epochs = args.epochs or DEFAULT_EPOCHS[args.dataset]
     data = load_dataset(args.dataset, args.data_dir, seed=args.seed).subset(args.limit)
     _, channels, size, _ = data.x_train.shape
     model = small_cnn(channels, data.num_classes, size, backend=backend, seed=args.seed)
     optimizer = make_optimizer(args.optimizer, model.parameters(), args.lr)
     print(f"training small_cnn on {args.dataset} ({len(data.x_train)} train / {len(data.x_test)} test images) "
-          f"with {args.optimizer} lr {optimizer.lr:g}, batch {args.batch_size}, {args.epochs} epochs, "
+          f"with {args.optimizer} lr {optimizer.lr:g}, batch {args.batch_size}, {epochs} epochs, "
           f"backend {backend.name} on {_device_name(backend)}, seed {args.seed}")
-    history = fit(model, data, epochs=args.epochs, batch_size=args.batch_size, optimizer=optimizer, seed=args.seed,
+    history = fit(model, data, epochs=epochs, batch_size=args.batch_size, optimizer=optimizer, seed=args.seed,
                   lr_schedule=args.lr_schedule, progress=None)
-    images = args.epochs * len(data.x_train)
+    images = epochs * len(data.x_train)
     metrics = {
         "test_accuracy": history["test_accuracy"][-1], "test_loss": history["test_loss"][-1],
         "train_loss": history["train_loss"], "train_accuracy": history["train_accuracy"],
         "test_accuracy_per_epoch": history["test_accuracy"], "test_loss_per_epoch": history["test_loss"],
-        "epochs": args.epochs, "seconds": history["seconds"], "eval_seconds": history["eval_seconds"],
+        "epochs": epochs, "seconds": history["seconds"], "eval_seconds": history["eval_seconds"],
         "images_per_second": images / history["seconds"], "backend": backend.name, "device": _device_name(backend),
         "seed": args.seed, "dataset": args.dataset, "train_size": len(data.x_train), "test_size": len(data.x_test),
         "batch_size": args.batch_size, "optimizer": args.optimizer, "lr": optimizer.lr,
@@ -240,7 +242,9 @@ def register(subparsers) -> None:
     p = subparsers.add_parser("train", help="train the small CNN (digits on NumPy by default)",
                               description="Train xpconv's small CNN and report test accuracy, time and images/s.")
     _add_data_args(p, "digits")
-    p.add_argument("--epochs", type=_positive(int), default=DEFAULTS["epochs"])
+    p.add_argument("--epochs", type=_positive(int), default=None,
+                   help=f"passes over the training set (default: {DEFAULT_EPOCHS['digits']} for digits, "
+                   f"{DEFAULT_EPOCHS['mnist']} for mnist)")
     p.add_argument("--batch-size", type=_positive(int), default=DEFAULTS["batch_size"])
     p.add_argument("--lr", type=_positive(float), default=None,
                    help=f"peak learning rate (default: {DEFAULT_LR['adam']} for adam, {DEFAULT_LR['sgd']} for sgd)")
