@@ -123,6 +123,7 @@ def test_cli_rejects_bad_numbers(capsys):
 
 
 def test_plot_without_matplotlib(monkeypatch, tmp_path):
-    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    for name in ("matplotlib", "matplotlib.figure", "matplotlib.ticker"):
+        monkeypatch.setitem(sys.modules, name, None)      # an import of any of them now fails
     with pytest.raises(ImportError, match=r'pip install "xpconv\[examples\]"'):
         plot_curves({}, tmp_path / "x.png")

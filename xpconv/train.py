@@ -114,16 +114,14 @@ def fit(model, data: Dataset, *, epochs: int, batch_size: int, optimizer, seed: 
 def plot_curves(metrics: dict, path) -> None:
     """Loss and accuracy per epoch (train and test) as a two-panel figure written to ``path``."""
     try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-        import matplotlib.ticker
+        from matplotlib.figure import Figure
+        from matplotlib.ticker import MaxNLocator
     except ImportError:
         raise ImportError('--plot needs matplotlib, which is not installed; install it with: '
                           'pip install "xpconv[examples]"') from None
     epochs = range(1, len(metrics["train_loss"]) + 1)
-    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
+    fig = Figure(figsize=(10, 4))                  # no pyplot: no global state, no GUI backend
+    ax_loss, ax_acc = fig.subplots(1, 2)
     ax_loss.plot(epochs, metrics["train_loss"], label="train")
     ax_loss.plot(epochs, metrics["test_loss_per_epoch"], label="test")
     ax_loss.set(xlabel="epoch", ylabel="cross-entropy", title="loss")
@@ -131,13 +129,12 @@ def plot_curves(metrics: dict, path) -> None:
     ax_acc.plot(epochs, metrics["test_accuracy_per_epoch"], label="test")
     ax_acc.set(xlabel="epoch", ylabel="accuracy", title="accuracy")
     for ax in (ax_loss, ax_acc):
-        ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
         ax.legend()
     fig.suptitle(f"xpconv small_cnn on {metrics['dataset']} ({metrics['backend']}, {metrics['device']})")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
-    plt.close(fig)
 
 
 def _device_name(backend) -> str:
