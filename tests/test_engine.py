@@ -6,8 +6,8 @@ import pytest
 
 from conftest import as_numpy
 from reference import conv_backward_reference, conv_reference
-from xpconv._engine import (CPU_CHUNK_BYTES, ConvGeometry, _batch_chunks, col2im, conv_backward, conv_forward,
-                            conv_output_size, im2col)
+from xpconv._engine import (CPU_CHUNK_BYTES, ConvGeometry, _batch_chunks, _transposed_product, col2im,
+                            conv_backward, conv_forward, conv_output_size, im2col)
 
 # (x shape, kernel, stride, (lo, hi) padding, dilation, groups)
 CASES = {
@@ -129,6 +129,19 @@ def test_batch_chunks_cover_the_batch_in_order_under_the_cap(n, per_sample, cap,
         assert len(chunks) == 1
     else:
         assert len(chunks) == -(-n // max(1, limit // per_sample))
+
+
+@pytest.mark.parametrize("og", [1, 2])
+def test_transposed_product_fast_path_matches_matmul(backend, rng, og):
+    """The depthwise shortcut (one output channel per group) gives matmul's result, bit for bit on NumPy."""
+    w3 = backend.asarray(rng.standard_normal((4, og, 9)), dtype="float32")
+    dy = backend.asarray(rng.standard_normal((3, 4, og, 10)), dtype="float32")
+    got = _transposed_product(w3, dy)
+    expected = backend.xp.matmul(backend.xp.matrix_transpose(w3), dy)
+    assert tuple(got.shape) == (3, 4, 9, 10)
+    if backend.name == "numpy":
+        assert np.array_equal(got, expected)
+    np.testing.assert_allclose(as_numpy(got), as_numpy(expected), rtol=1e-6, atol=1e-6)
 
 
 def test_pointwise_im2col_is_a_view_of_the_input():

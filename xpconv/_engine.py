@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import itertools
 import math
-from dataclasses import dataclass
-from functools import cached_property
+from dataclasses import dataclass, replace
+from functools import cached_property, lru_cache
 
 from array_api_compat import array_namespace, device
 
@@ -69,18 +69,33 @@ class ConvGeometry:
         return all(k == 1 and s == 1 and p == (0, 0) for k, s, p in zip(self.kernel, self.stride, self.padding))
 
     def windows(self, spatial):
-        """Per kernel tap: (tap index, output slices, input slices, covers the whole output)."""
-        out = self.output_shape(spatial)
-        per_axis = [
-            [(k, _window(size, o, k, s, p[0], d)) for k in range(kk)]
-            for size, o, kk, s, p, d in zip(spatial, out, self.kernel, self.stride, self.padding, self.dilation)
-        ]
-        for taps in itertools.product(*per_axis):
-            if any(w is None for _, w in taps):
-                continue
-            out_sl = tuple(w[0] for _, w in taps)
-            full = all(sl.stop - sl.start == o for sl, o in zip(out_sl, out))
-            yield tuple(k for k, _ in taps), out_sl, tuple(w[1] for _, w in taps), full
+        """Per kernel tap: (tap index, output slices, input slices, covers the whole output); cached."""
+        return _windows(self, tuple(spatial))
+
+    def im2col_elements(self, channels: int, spatial) -> int:
+        """Elements :func:`im2col` allocates per sample: the columns, plus a padded copy of x if padded."""
+        if self.is_pointwise:
+            return 0
+        padded = [s + lo + hi for s, (lo, hi) in zip(spatial, self.padding)]
+        extra = math.prod(padded) if any(p != (0, 0) for p in self.padding) else 0
+        return channels * (math.prod(self.kernel) * math.prod(self.output_shape(spatial)) + extra)
+
+
+@lru_cache(maxsize=256)
+def _windows(geom: ConvGeometry, spatial: tuple[int, ...]) -> tuple:
+    out = geom.output_shape(spatial)
+    per_axis = [
+        [(k, _window(size, o, k, s, p[0], d)) for k in range(kk)]
+        for size, o, kk, s, p, d in zip(spatial, out, geom.kernel, geom.stride, geom.padding, geom.dilation)
+    ]
+    windows = []
+    for taps in itertools.product(*per_axis):
+        if any(w is None for _, w in taps):
+            continue
+        out_sl = tuple(w[0] for _, w in taps)
+        full = all(sl.stop - sl.start == o for sl, o in zip(out_sl, out))
+        windows.append((tuple(k for k, _ in taps), out_sl, tuple(w[1] for _, w in taps), full))
+    return tuple(windows)
 
 
 _ALL2 = (slice(None), slice(None))
@@ -93,10 +108,14 @@ def im2col(x, geom: ConvGeometry):
     out = geom.output_shape(spatial)
     if geom.is_pointwise:
         return xp.reshape(x, (n, c, *geom.kernel, *out))
-    windows = list(geom.windows(spatial))
-    full = len(windows) == math.prod(geom.kernel) and all(w[3] for w in windows)
-    alloc = xp.empty if full else xp.zeros
-    cols = alloc((n, c, *geom.kernel, *out), dtype=x.dtype, device=device(x))
+    windows = geom.windows(spatial)
+    if not (len(windows) == math.prod(geom.kernel) and all(w[3] for w in windows)):
+        # Pad once, so that every tap copies a whole window and cols needs no zero-filling.
+        padded = [s + lo + hi for s, (lo, hi) in zip(spatial, geom.padding)]
+        xpad = xp.zeros((n, c, *padded), dtype=x.dtype, device=device(x))
+        xpad[(*_ALL2, *(slice(lo, lo + s) for s, (lo, _) in zip(spatial, geom.padding)))] = x
+        x, windows = xpad, replace(geom, padding=((0, 0),) * geom.nd).windows(padded)
+    cols = xp.empty((n, c, *geom.kernel, *out), dtype=x.dtype, device=device(x))
     for taps, out_sl, in_sl, _ in windows:
         cols[(*_ALL2, *taps, *out_sl)] = x[(*_ALL2, *in_sl)]
     return cols
@@ -142,7 +161,7 @@ def conv_forward(x, weight, bias, geom: ConvGeometry, *, max_workspace_bytes=DEF
                  keep_cols: bool = False):
     """y = W · im2col(x) + b, one batched GEMM per chunk of the batch.
 
-    Workspace per chunk: its cols (none for pointwise convolutions) and its GEMM result.
+    Workspace per chunk: its cols and padded x (none for pointwise convolutions) and its GEMM result.
     Returns ``(y, cols)``; ``cols`` (N, C, *kernel, *out) is returned only when
     ``keep_cols`` and the whole batch fit in one chunk, else None.
     """
@@ -152,8 +171,8 @@ def conv_forward(x, weight, bias, geom: ConvGeometry, *, max_workspace_bytes=DEF
     out = geom.output_shape(spatial)
     ck, length = (c // g) * math.prod(geom.kernel), math.prod(out)
     w3 = xp.reshape(weight, (g, o // g, ck))                        # (G, O/G, Cg*K)
-    cols_per_sample = 0 if geom.is_pointwise else c * math.prod(geom.kernel) * length
-    chunks = _batch_chunks(n, _itemsize(x) * (cols_per_sample + o * length), max_workspace_bytes, _on_cpu(x))
+    per_sample = geom.im2col_elements(c, spatial) + o * length
+    chunks = _batch_chunks(n, _itemsize(x) * per_sample, max_workspace_bytes, _on_cpu(x))
     y = None if len(chunks) == 1 else xp.empty((n, g, o // g, length), dtype=x.dtype, device=device(x))
     cols = None
     for sl in chunks:
@@ -187,8 +206,8 @@ def conv_backward(grad_output, x, weight, geom: ConvGeometry, *, cols=None, need
     ck, length = (c // g) * math.prod(geom.kernel), math.prod(grad_output.shape[2:])
     w3 = xp.reshape(weight, (g, o // g, ck))
     dy = xp.reshape(grad_output, (n, g, o // g, length))              # (N, G, O/G, L)
-    cols_per_sample = 0 if geom.is_pointwise else c * math.prod(geom.kernel) * length
-    per_sample = (cols_per_sample * ((cols is None) + need_input_grad) + o * ck)
+    dcols_per_sample = 0 if geom.is_pointwise else c * math.prod(geom.kernel) * length
+    per_sample = (cols is None) * geom.im2col_elements(c, spatial) + need_input_grad * dcols_per_sample + o * ck
     chunks = _batch_chunks(n, _itemsize(x) * per_sample, max_workspace_bytes, _on_cpu(x))
     grad_input = (xp.zeros(x.shape, dtype=x.dtype, device=device(x))
                   if need_input_grad and len(chunks) > 1 else None)
@@ -201,13 +220,25 @@ def conv_backward(grad_output, x, weight, geom: ConvGeometry, *, cols=None, need
             partial[0, ...] += grad_weight
         grad_weight = xp.sum(partial, axis=0)
         if need_input_grad:
-            dcols = xp.reshape(xp.matmul(xp.matrix_transpose(w3), dy[sl, ...]), chunk_cols.shape)
+            dcols = xp.reshape(_transposed_product(w3, dy[sl, ...]), chunk_cols.shape)
             if grad_input is None:
                 grad_input = col2im(dcols, geom, spatial)
             else:
                 _add_cols(grad_input, sl, dcols, geom)
         chunk_cols = partial = dcols = None                            # freed before the next chunk's
     return grad_input, xp.reshape(grad_weight, weight.shape)
+
+
+def _transposed_product(w3, dy):
+    """Wᵀ · dY per group: w3 (G, O/G, Cg*K), dy (m, G, O/G, L) -> (m, G, Cg*K, L).
+
+    With one output channel per group (depthwise) each entry is a single product, so a
+    broadcast multiply gives the same bits as matmul; on NumPy it measured ~4x faster.
+    """
+    xp = array_namespace(w3, dy)
+    if w3.shape[1] == 1:
+        return xp.matrix_transpose(w3) * dy
+    return xp.matmul(xp.matrix_transpose(w3), dy)
 
 
 def _itemsize(x) -> int:
