@@ -122,7 +122,10 @@ def test_batch_chunks_cover_the_batch_in_order_under_the_cap(n, per_sample, cap,
     chunks = _batch_chunks(n, per_sample, cap, on_cpu)
     covered = [i for sl in chunks for i in range(sl.start, sl.stop)]
     assert covered == list(range(n))
-    limit = min(cap or n * per_sample, CPU_CHUNK_BYTES if on_cpu and per_sample <= CPU_CHUNK_BYTES else n * per_sample)
+    if cap is None:
+        assert chunks == [slice(0, n)]
+        return
+    limit = min(cap, CPU_CHUNK_BYTES if on_cpu and per_sample <= CPU_CHUNK_BYTES else n * per_sample)
     for sl in chunks:
         assert sl.stop - sl.start == 1 or (sl.stop - sl.start) * per_sample <= limit
     if n * per_sample <= limit:

@@ -49,14 +49,15 @@ def test_chunked_results_are_bit_identical_on_numpy(rng, name, cap_in_samples):
     cols = 0 if geom.is_pointwise else _per_sample_cols_bytes(x, geom)
     per_sample = cols + 4 * math.prod(dy.shape[1:])
     cap = max(1, int(cap_in_samples * per_sample))
-    y_one, cols = conv_forward(x, w, b, geom, keep_cols=True)
+    y_one, cols = conv_forward(x, w, b, geom, max_workspace_bytes=None, keep_cols=True)
     assert cols is not None
+    assert np.array_equal(conv_forward(x, w, b, geom)[0], y_one)
     y_chunked, no_cols = conv_forward(x, w, b, geom, max_workspace_bytes=cap, keep_cols=True)
     assert no_cols is None
     np.testing.assert_array_equal(y_chunked, y_one)
     assert np.array_equal(y_chunked, y_one)
     dx_one, dw_one = conv_backward(dy, x, w, geom, cols=cols)
-    dx_recomputed, dw_recomputed = conv_backward(dy, x, w, geom)
+    dx_recomputed, dw_recomputed = conv_backward(dy, x, w, geom, max_workspace_bytes=None)
     dx_chunked, dw_chunked = conv_backward(dy, x, w, geom, max_workspace_bytes=cap)
     dx_kept_chunked, dw_kept_chunked = conv_backward(dy, x, w, geom, cols=cols, max_workspace_bytes=cap)
     for dx in (dx_recomputed, dx_chunked, dx_kept_chunked):

@@ -141,11 +141,14 @@ def col2im(cols, geom: ConvGeometry, spatial):
 def _batch_chunks(n: int, bytes_per_sample: int, max_workspace_bytes: int | None, on_cpu: bool = False):
     """Slices over the batch so that one chunk's workspace stays under the cap (at least 1 sample).
 
-    On the CPU a chunk is also kept under ``CPU_CHUNK_BYTES`` when one sample fits in it: a
-    workspace that small stays in the caches and reuses heap pages, which measured faster than
-    one big buffer, even though backward must then redo the im2col (see docs/benchmarks.md).
+    ``None`` means no cap: the whole batch in one chunk.  Under a cap, on the CPU, a chunk is
+    also kept under ``CPU_CHUNK_BYTES`` when one sample fits in it: a workspace that small stays
+    in the caches and reuses heap pages, which measured faster than one big buffer even though
+    backward then redoes the im2col (see docs/benchmarks.md).
     """
-    budget = math.inf if max_workspace_bytes is None else max_workspace_bytes
+    if max_workspace_bytes is None:
+        return [slice(0, n)]
+    budget = max_workspace_bytes
     if on_cpu and bytes_per_sample <= CPU_CHUNK_BYTES:
         budget = min(budget, CPU_CHUNK_BYTES)
     step = max(1, min(n, budget // max(bytes_per_sample, 1)))
