@@ -114,18 +114,18 @@ def test_float32_stays_float32(backend, rng):
     assert {a.dtype for a in (y, cols, dx, dw)} == {x.dtype}
 
 
-@pytest.mark.parametrize("on_cpu", [False, True])
+@pytest.mark.parametrize("cache_sized", [False, True])
 @pytest.mark.parametrize("n,per_sample,cap", [(10, 100, 250), (7, 100, 10_000), (5, 100, 1), (1, 10**9, 10),
                                               (9, 3, None), (40, 2**20, None), (40, 2**20, 2**30),
                                               (3, 9 * 2**20, 2**30)])
-def test_batch_chunks_cover_the_batch_in_order_under_the_cap(n, per_sample, cap, on_cpu):
-    chunks = _batch_chunks(n, per_sample, cap, on_cpu)
+def test_batch_chunks_cover_the_batch_in_order_under_the_cap(n, per_sample, cap, cache_sized):
+    chunks = _batch_chunks(n, per_sample, cap, cache_sized)
     covered = [i for sl in chunks for i in range(sl.start, sl.stop)]
     assert covered == list(range(n))
     if cap is None:
         assert chunks == [slice(0, n)]
         return
-    limit = min(cap, CPU_CHUNK_BYTES if on_cpu and per_sample <= CPU_CHUNK_BYTES else n * per_sample)
+    limit = min(cap, CPU_CHUNK_BYTES if cache_sized and per_sample <= CPU_CHUNK_BYTES else n * per_sample)
     for sl in chunks:
         assert sl.stop - sl.start == 1 or (sl.stop - sl.start) * per_sample <= limit
     if n * per_sample <= limit:

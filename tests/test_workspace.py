@@ -120,6 +120,16 @@ def test_the_cap_bounds_the_memory_forward_and_backward_allocate(rng):
     assert peak < uncapped
 
 
+def test_pointwise_convolution_copies_nothing(rng):
+    """1x1: forward allocates only y, backward only dx and the per-sample dW products (< 4 KiB slack)."""
+    x = rng.standard_normal((8, 32, 16, 16)).astype(np.float32)
+    w = rng.standard_normal((16, 32, 1, 1)).astype(np.float32)
+    dy = rng.standard_normal((8, 16, 16, 16)).astype(np.float32)
+    geom = ConvGeometry((1, 1), (1, 1), ((0, 0), (0, 0)), (1, 1))
+    assert _peak_bytes(lambda: conv_forward(x, w, None, geom)) <= dy.nbytes + 4096
+    assert _peak_bytes(lambda: conv_backward(dy, x, w, geom)) <= x.nbytes + 8 * w.nbytes + 4096
+
+
 def test_inputs_are_not_modified_when_chunked(rng):
     geom, x, w, b, dy = _setup("2d-padded", rng)
     saved = [a.copy() for a in (x, w, b, dy)]

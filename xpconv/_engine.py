@@ -138,26 +138,27 @@ def col2im(cols, geom: ConvGeometry, spatial):
     return x
 
 
-def _batch_chunks(n: int, bytes_per_sample: int, max_workspace_bytes: int | None, on_cpu: bool = False):
+def _batch_chunks(n: int, bytes_per_sample: int, max_workspace_bytes: int | None, cache_sized: bool = False):
     """Slices over the batch so that one chunk's workspace stays under the cap (at least 1 sample).
 
-    ``None`` means no cap: the whole batch in one chunk.  Under a cap, on the CPU, a chunk is
-    also kept under ``CPU_CHUNK_BYTES`` when one sample fits in it: a workspace that small stays
+    ``None`` means no cap: the whole batch in one chunk.  Under a cap, with ``cache_sized``, a
+    chunk is also kept under ``CPU_CHUNK_BYTES`` when one sample fits in it: a workspace that small stays
     in the caches and reuses heap pages, which measured faster than one big buffer even though
     backward then redoes the im2col (see docs/benchmarks.md).
     """
     if max_workspace_bytes is None:
         return [slice(0, n)]
     budget = max_workspace_bytes
-    if on_cpu and bytes_per_sample <= CPU_CHUNK_BYTES:
+    if cache_sized and bytes_per_sample <= CPU_CHUNK_BYTES:
         budget = min(budget, CPU_CHUNK_BYTES)
     step = max(1, min(n, budget // max(bytes_per_sample, 1)))
     return [slice(i, min(i + step, n)) for i in range(0, n, step)]
 
 
-def _on_cpu(x) -> bool:
-    """True unless x lives on a CUDA device (where one big chunk means fewer kernel launches)."""
-    return "cuda" not in str(device(x)).lower()
+def _cache_sized_chunks(x, geom: ConvGeometry) -> bool:
+    """Whether to prefer cache-sized chunks: on the CPU (not CUDA, where one big chunk means fewer
+    kernel launches), for convolutions that need an im2col (a pointwise one has nothing to keep hot)."""
+    return "cuda" not in str(device(x)).lower() and not geom.is_pointwise
 
 
 def conv_forward(x, weight, bias, geom: ConvGeometry, *, max_workspace_bytes=DEFAULT_MAX_WORKSPACE_BYTES,
@@ -175,7 +176,8 @@ def conv_forward(x, weight, bias, geom: ConvGeometry, *, max_workspace_bytes=DEF
     ck, length = (c // g) * math.prod(geom.kernel), math.prod(out)
     w3 = xp.reshape(weight, (g, o // g, ck))                        # (G, O/G, Cg*K)
     per_sample = geom.im2col_elements(c, spatial) + o * length
-    chunks = _batch_chunks(n, _itemsize(x) * per_sample, max_workspace_bytes, _on_cpu(x))
+    chunks = _batch_chunks(n, _itemsize(x) * per_sample, max_workspace_bytes,
+                           _cache_sized_chunks(x, geom))
     y = None if len(chunks) == 1 else xp.empty((n, g, o // g, length), dtype=x.dtype, device=device(x))
     cols = None
     for sl in chunks:
@@ -211,7 +213,8 @@ def conv_backward(grad_output, x, weight, geom: ConvGeometry, *, cols=None, need
     dy = xp.reshape(grad_output, (n, g, o // g, length))              # (N, G, O/G, L)
     dcols_per_sample = 0 if geom.is_pointwise else c * math.prod(geom.kernel) * length
     per_sample = (cols is None) * geom.im2col_elements(c, spatial) + need_input_grad * dcols_per_sample + o * ck
-    chunks = _batch_chunks(n, _itemsize(x) * per_sample, max_workspace_bytes, _on_cpu(x))
+    chunks = _batch_chunks(n, _itemsize(x) * per_sample, max_workspace_bytes,
+                           _cache_sized_chunks(x, geom))
     grad_input = (xp.zeros(x.shape, dtype=x.dtype, device=device(x))
                   if need_input_grad and len(chunks) > 1 else None)
     grad_weight = None
