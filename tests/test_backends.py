@@ -35,17 +35,20 @@ def test_bad_default_names_are_rejected(monkeypatch):
         xpconv.get_backend()
 
 
-def test_missing_library_names_the_install_command(monkeypatch):
-    import importlib
-
-    real = importlib.import_module
+def _fail_import(monkeypatch, module: str, error: ImportError) -> None:
+    """Make xpconv.backends see ``error`` when it imports ``module``."""
+    real = backends.importlib.import_module
 
     def fake_import(name, *a):
-        if name == "array_api_strict":
-            raise ImportError("No module named 'array_api_strict'")
+        if name == module:
+            raise error
         return real(name, *a)
 
     monkeypatch.setattr(backends.importlib, "import_module", fake_import)
+
+
+def test_missing_library_names_the_install_command(monkeypatch):
+    _fail_import(monkeypatch, "array_api_strict", ModuleNotFoundError("No module named 'array_api_strict'"))
     with pytest.raises(xpconv.BackendUnavailableError, match="pip install array-api-strict"):
         xpconv.get_backend("array_api_strict")
 
@@ -86,15 +89,6 @@ def test_info_command_prints_backends(capsys):
 
 
 def test_a_broken_install_is_not_reported_as_missing(monkeypatch):
-    import importlib
-
-    real = importlib.import_module
-
-    def fake_import(name, *a):
-        if name == "cupy":
-            raise ImportError("libnvrtc.so.13: cannot open shared object file")
-        return real(name, *a)
-
-    monkeypatch.setattr(backends.importlib, "import_module", fake_import)
+    _fail_import(monkeypatch, "cupy", ImportError("libnvrtc.so.13: cannot open shared object file"))
     note = xpconv.available_backends()["cupy"]["note"]
     assert note.startswith("installed but fails to import") and "libnvrtc" in note
