@@ -112,7 +112,7 @@ def memory_sweep(runners, max_workspace_bytes, *, repeats: int, warmup: int, see
             "backend": runner.name, "layer": base.name, "n": n, "max_workspace_bytes": cap,
             "peak_bytes": runner.peak_bytes(case.step), "step_s": step_s,
             "step_gflops": 3 * sized.flops / step_s / 1e9,
-            "activation_bytes": 4 * 2 * (math.prod(sized.x_shape) + math.prod(sized.y_shape)),
+            "activation_bytes": 4 * max(math.prod(sized.x_shape), math.prod(sized.y_shape)),
             "im2col_bytes": 4 * n * sized.c * sized.k ** sized.nd * math.prod(sized.out_size),
         })
     return rows

@@ -45,7 +45,7 @@ def summary_lines(summary) -> str:
 
 def sweep_table(rows) -> str:
     """Memory sweep: peak bytes of forward+backward vs batch size, capped and uncapped."""
-    lines = ["| backend | N | cap MiB | peak MiB | activations MiB | im2col MiB | fwd+bwd ms | GFLOP/s |",
+    lines = ["| backend | N | cap MiB | peak MiB | one activation MiB | im2col MiB | fwd+bwd ms | GFLOP/s |",
              "|---|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         cap = "none" if r["max_workspace_bytes"] is None else f"{r['max_workspace_bytes'] / _MIB:.0f}"
@@ -114,7 +114,7 @@ def plot_memory(rows, path, title: str) -> bool:
             ax.plot([r["n"] for r in mine], [r["peak_bytes"] / _MIB for r in mine], "o-", label=label)
     ref = [r for r in rows if r["max_workspace_bytes"] is None] or rows
     ref = list({r["n"]: r for r in ref}.values())
-    ax.plot([r["n"] for r in ref], [r["activation_bytes"] / _MIB for r in ref], "k--", label="activations x,y,dx,dy")
+    ax.plot([r["n"] for r in ref], [r["activation_bytes"] / _MIB for r in ref], "k--", label="one activation (x or y)")
     ax.plot([r["n"] for r in ref], [r["im2col_bytes"] / _MIB for r in ref], "k:", label="full im2col buffer")
     ax.set_xscale("log", base=2)
     ax.set_yscale("log", base=2)
