@@ -1,0 +1,116 @@
+"""Compare two versions of xpconv/_engine.py side by side in one run (for engine work).
+
+    git show <commit>:xpconv/_engine.py > /tmp/engine_before.py
+    python benchmarks/ab_engines.py /tmp/engine_before.py xpconv/_engine.py --threads 2 --repeats 5
+
+For every suite layer it times, in blocks of ``--repeats`` calls (after one warm-up call) and over
+two rounds: torch's own convolution with autograd, a square GEMM with the layer's forward FLOPs,
+and forward+backward of each engine file (as the Conv layers call it, forward keeping its columns),
+plus the second engine with ``max_workspace_bytes=None`` (one chunk).  It prints medians and the
+ratios that matter: time / torch, throughput / GEMM, and chunked / one-chunk throughput.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import math
+import statistics
+import sys
+import time
+
+import numpy as np
+
+
+def _load(path: str, name: str):
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def _medians(fns: dict, repeats: int) -> dict:
+    times = {key: [] for key in fns}
+    for _ in range(2):
+        for key, fn in fns.items():
+            fn()
+            for _ in range(repeats):
+                start = time.perf_counter()
+                fn()
+                times[key].append(time.perf_counter() - start)
+    return {key: statistics.median(t) for key, t in times.items()}
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("before")
+    parser.add_argument("after")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=5)
+    args = parser.parse_args(argv)
+
+    import torch
+    from threadpoolctl import threadpool_limits
+
+    from xpconv.bench.suite import SUITE
+
+    torch.set_num_threads(args.threads)
+    engines = {"before": _load(args.before, "engine_before"), "after": _load(args.after, "engine_after")}
+    rng = np.random.default_rng(0)
+    rows = []
+    print("| layer | torch ms | GEMM GFLOP/s | before ms | before / torch | before / GEMM | after ms | after / torch "
+          "| after / GEMM | one-chunk ms | chunked / one-chunk throughput |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    with threadpool_limits(args.threads):
+        for layer in SUITE:
+            x = rng.standard_normal(layer.x_shape, dtype=np.float32)
+            w = rng.standard_normal(layer.w_shape, dtype=np.float32)
+            b = rng.standard_normal(layer.o, dtype=np.float32)
+            dy = rng.standard_normal(layer.y_shape, dtype=np.float32)
+            xt, wt, bt = (torch.from_numpy(a.copy()).requires_grad_() for a in (x, w, b))
+            conv = getattr(torch.nn.functional, f"conv{layer.nd}d")
+            m = round((layer.flops / 2) ** (1 / 3))
+            a = rng.standard_normal((m, m), dtype=np.float32)
+            at = a.T.copy()
+            fns = {
+                "torch": lambda: torch.autograd.grad(conv(xt, wt, bt, stride=layer.stride, padding=layer.pad,
+                                                          groups=layer.groups), (xt, wt, bt), torch.from_numpy(dy)),
+                "gemm": lambda: a @ at,
+            }
+            for key, engine, cap in (("before", engines["before"], 256 * 2**20),
+                                     ("after", engines["after"], 256 * 2**20), ("one-chunk", engines["after"], None)):
+                geom = engine.ConvGeometry((layer.k,) * layer.nd, (layer.stride,) * layer.nd,
+                                           ((layer.pad, layer.pad),) * layer.nd, (1,) * layer.nd, layer.groups)
+
+                def step(engine=engine, geom=geom, cap=cap):
+                    _, cols = engine.conv_forward(x, w, b, geom, keep_cols=True, max_workspace_bytes=cap)
+                    engine.conv_backward(dy, x, w, geom, cols=cols, max_workspace_bytes=cap)
+                    np.sum(dy, axis=(0, *range(2, dy.ndim)))
+
+                fns[key] = step
+            t = _medians(fns, args.repeats)
+            gemm = 2 * m**3 / t["gemm"]
+            row = {"layer": layer.name}
+            for key in ("before", "after"):
+                row[f"{key}/torch"] = t[key] / t["torch"]
+                row[f"{key}/gemm"] = 3 * layer.flops / t[key] / gemm
+            row["chunked"] = t["one-chunk"] / t["after"]
+            rows.append(row)
+            print(f"| {layer.name} | {t['torch'] * 1e3:.1f} | {gemm / 1e9:.0f} | {t['before'] * 1e3:.1f} | "
+                  f"{row['before/torch']:.2f} | {row['before/gemm']:.2f} | {t['after'] * 1e3:.1f} | "
+                  f"{row['after/torch']:.2f} | {row['after/gemm']:.2f} | {t['one-chunk'] * 1e3:.1f} | "
+                  f"{row['chunked']:.2f} |", flush=True)
+
+    def geomean(key):
+        return math.exp(sum(math.log(r[key]) for r in rows) / len(rows))
+
+    print()
+    for key in ("before", "after"):
+        print(f"{key}: time / torch geomean {geomean(key + '/torch'):.2f} (worst "
+              f"{max(r[key + '/torch'] for r in rows):.2f}); throughput / GEMM geomean {geomean(key + '/gemm'):.2f}")
+    print(f"chunked / one-chunk throughput geomean {geomean('chunked'):.2f} (worst {min(r['chunked'] for r in rows):.2f})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
