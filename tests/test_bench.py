@@ -25,6 +25,7 @@ def test_bench_json_has_environment_results_and_positive_timings(tmp_path, capsy
     env = data["environment"]
     assert env["threads"] == 1 and env["versions"]["numpy"] and env["cpu"]
     assert isinstance(env["blas"], list) and "CUPY_TF32" in env["env"]
+    assert all(pool["num_threads"] == 1 for pool in env["blas"])
     expected = {"numpy", "torch-ref"} if HAS_TORCH else {"numpy"}
     assert {r["backend"] for r in data["results"]} == expected
     assert [layer["name"] for layer in data["config"]["layers"]] == [TINY, "3,4,9,4,3,2,0,2"]

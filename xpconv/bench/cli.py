@@ -84,6 +84,9 @@ def run(args) -> int:
         return 1
     set_tf32(args.tf32)
     limiter = set_threads(threads)
+    env = collect_environment()  # while the thread limits are in force
+    env["threads"] = threads
+    env["tf32"] = args.tf32
     progress = not args.no_progress
     try:
         rows = run_suite(runners, layers, repeats=args.repeats, warmup=args.warmup, max_workspace_bytes=cap,
@@ -93,9 +96,6 @@ def run(args) -> int:
     finally:
         if limiter is not None:
             limiter.restore_original_limits()
-    env = collect_environment()
-    env["threads"] = threads
-    env["tf32"] = args.tf32
     summary = summarize(rows)
 
     print(report.markdown_table(rows, layers))
