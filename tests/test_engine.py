@@ -6,8 +6,8 @@ import pytest
 
 from conftest import as_numpy
 from reference import conv_backward_reference, conv_reference
-from xpconv._engine import (CPU_CHUNK_BYTES, ConvGeometry, _batch_chunks, _transposed_product, col2im,
-                            conv_backward, conv_forward, conv_output_size, im2col)
+from xpconv._engine import (CPU_CHUNK_BYTES, ConvGeometry, _batch_chunks, _transposed_geometry, _transposed_product,
+                            col2im, conv_backward, conv_forward, conv_output_size, im2col)
 
 # (x shape, kernel, stride, (lo, hi) padding, dilation, groups)
 CASES = {
@@ -17,6 +17,9 @@ CASES = {
     "pointwise": ((3, 4, 5, 5), (1, 1), (1, 1), ((0, 0), (0, 0)), (1, 1), 2),
     "stride>kernel": ((2, 2, 7, 7), (2, 2), (3, 3), ((0, 0), (0, 0)), (1, 1), 1),
     "padding-only-taps": ((1, 2, 2, 3), (3, 3), (1, 2), ((3, 3), (2, 1)), (2, 1), 1),
+    # stride 1 and O <= C: dL/dx through the transposed convolution
+    "2d-transposed-dx-groups": ((2, 4, 7, 6), (3, 2), (1, 1), ((2, 1), (1, 0)), (2, 1), 2),
+    "3d-transposed-dx": ((1, 4, 4, 5, 3), (2, 3, 2), (1, 1, 1), ((1, 0), (1, 1), (0, 1)), (1, 1, 2), 1),
 }
 
 
@@ -132,6 +135,13 @@ def test_batch_chunks_cover_the_batch_in_order_under_the_cap(n, per_sample, cap,
         assert len(chunks) == 1
     else:
         assert len(chunks) == -(-n // max(1, limit // per_sample))
+
+
+def test_transposed_geometry_exists_only_for_stride_1_within_the_kernel_reach():
+    geom = ConvGeometry((3, 2), (1, 1), ((2, 1), (1, 0)), (2, 1))
+    assert _transposed_geometry(geom).padding == ((2, 3), (0, 1))
+    assert _transposed_geometry(ConvGeometry((3,), (2,), ((1, 1),), (1,))) is None
+    assert _transposed_geometry(ConvGeometry((3,), (1,), ((3, 0),), (1,))) is None
 
 
 @pytest.mark.parametrize("og", [1, 2])
