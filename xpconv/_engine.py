@@ -20,6 +20,7 @@ from array_api_compat import array_namespace, device
 
 DEFAULT_MAX_WORKSPACE_BYTES = 256 * 2**20
 CPU_CHUNK_BYTES = 8 * 2**20
+TRANSPOSED_DX_MAX_CHANNELS = 64
 
 
 def conv_output_size(size: int, kernel: int, stride: int = 1, padding: tuple[int, int] = (0, 0),
@@ -201,7 +202,7 @@ def conv_backward(grad_output, x, weight, geom: ConvGeometry, *, cols=None, need
 
     dL/dW = sum over the batch of dY · colsᵀ, added one sample after the other: chunking
             the batch does not change a bit of it (NumPy sums axis 0 in order)
-    dL/dx = conv(dY, flipped Wᵀ) for stride 1 and O <= C (its im2col + GEMM measured faster),
+    dL/dx = conv(dY, flipped Wᵀ) for stride 1, O <= C and O/G <= 64 (measured faster there),
             else col2im(Wᵀ · dY), folded into dL/dx chunk by chunk
 
     Workspace per chunk: cols (unless kept), dcols (if folded), per-sample dW.
@@ -212,8 +213,10 @@ def conv_backward(grad_output, x, weight, geom: ConvGeometry, *, cols=None, need
     ck, length = (c // g) * math.prod(geom.kernel), math.prod(grad_output.shape[2:])
     w3 = xp.reshape(weight, (g, o // g, ck))
     dy = xp.reshape(grad_output, (n, g, o // g, length))              # (N, G, O/G, L)
-    # The transposed convolution unfolds dY (O channels) instead of folding dcols (C channels).
-    transposed = _transposed_geometry(geom) if need_input_grad and o <= c else None
+    # The transposed convolution unfolds dY (O channels) instead of folding dcols (C channels); it pays
+    # where Wᵀ · dY is a thin GEMM (inner dimension O/G <= 64) and measured neutral to slower for wider ones.
+    thin = o // g <= TRANSPOSED_DX_MAX_CHANNELS and o <= c
+    transposed = _transposed_geometry(geom) if need_input_grad and thin else None
     grad_input = None
     if transposed is not None:
         grad_input, _ = conv_forward(grad_output, _transposed_weight(weight, g), None, transposed,
