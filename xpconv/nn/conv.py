@@ -3,19 +3,12 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
-
 from .._engine import DEFAULT_MAX_WORKSPACE_BYTES
 from ..functional import _backward, _forward, make_geometry
-from .module import Module, Parameter
+from .init import init_weight_and_bias, positive_int
+from .module import Module
 
 __all__ = ["Conv1d", "Conv2d", "Conv3d"]
-
-
-def kaiming_uniform(rng: np.random.Generator, shape, fan_in: int) -> np.ndarray:
-    """PyTorch's default init for conv/linear (kaiming_uniform with a=sqrt(5)): U(-1/sqrt(fan_in), 1/sqrt(fan_in))."""
-    bound = 1.0 / math.sqrt(fan_in) if fan_in > 0 else 0.0
-    return rng.uniform(-bound, bound, size=shape)
 
 
 class _ConvNd(Module):
@@ -25,9 +18,7 @@ class _ConvNd(Module):
                  bias=True, *, backend=None, device=None, dtype="float32", channels_last=False, seed=None,
                  max_workspace_bytes=DEFAULT_MAX_WORKSPACE_BYTES):
         super().__init__(backend=backend, device=device, dtype=dtype)
-        for name, v in (("in_channels", in_channels), ("out_channels", out_channels)):
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise ValueError(f"{name} must be a positive int, got {v!r}")
+        in_channels, out_channels = positive_int("in_channels", in_channels), positive_int("out_channels", out_channels)
         kernel = (kernel_size,) * self.nd if isinstance(kernel_size, int) else tuple(kernel_size)
         if len(kernel) != self.nd or any(not isinstance(k, int) or k < 1 for k in kernel):
             raise ValueError(f"kernel_size must be a positive int or a tuple of {self.nd}, got {kernel_size!r}")
@@ -39,15 +30,9 @@ class _ConvNd(Module):
         self.stride, self.padding, self.dilation, self.groups = stride, padding, dilation, groups
         self.channels_last = channels_last
         self.max_workspace_bytes = max_workspace_bytes
-        rng = np.random.default_rng(seed)
         cg = in_channels // groups
-        fan_in = cg * math.prod(kernel)
-        w = kaiming_uniform(rng, (out_channels, cg, *kernel), fan_in)
-        if channels_last:
-            w = np.moveaxis(w, 1, -1)
-        self.weight = Parameter(self.backend.asarray(w, dtype=self.dtype))
-        self.bias = Parameter(self.backend.asarray(kaiming_uniform(rng, (out_channels,), fan_in),
-                                                   dtype=self.dtype)) if bias else None
+        init_weight_and_bias(self, (out_channels, cg, *kernel), cg * math.prod(kernel),
+                             out_channels if bias else None, seed, channels_last)
         self._ctx = None
 
     def _clear_cache(self) -> None:
@@ -72,15 +57,20 @@ class _ConvNd(Module):
         return grad_x
 
     def extra_repr(self) -> str:
-        s = (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
-             f"padding={self.padding!r}")
-        if self.dilation != 1:
-            s += f", dilation={self.dilation}"
-        if self.groups != 1:
-            s += f", groups={self.groups}"
-        if self.bias is None:
-            s += ", bias=False"
-        return s + f", backend={self.backend.name!r}"
+        return conv_extra_repr(self)
+
+
+def conv_extra_repr(layer, **shown) -> str:
+    """torch-style repr arguments of a (transposed) convolution layer; ``shown``: extra name=value pairs."""
+    parts = [f"{layer.in_channels}, {layer.out_channels}, kernel_size={layer.kernel_size}",
+             f"stride={layer.stride}", f"padding={layer.padding!r}", *(f"{k}={v}" for k, v in shown.items())]
+    if layer.dilation != 1:
+        parts.append(f"dilation={layer.dilation}")
+    if layer.groups != 1:
+        parts.append(f"groups={layer.groups}")
+    if layer.bias is None:
+        parts.append("bias=False")
+    return ", ".join(parts + [f"backend={layer.backend.name!r}"])
 
 
 class Conv1d(_ConvNd):

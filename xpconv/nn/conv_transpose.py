@@ -7,14 +7,12 @@ gradients are that convolution's forward (dL/dx) and weight gradient (dL/dW).
 from __future__ import annotations
 
 import math
-import numbers
-
-import numpy as np
 
 from .._engine import DEFAULT_MAX_WORKSPACE_BYTES, col2im, conv_backward, conv_forward
 from ..functional import _int_tuple, make_geometry, namespace_of
-from .conv import kaiming_uniform
-from .module import Module, Parameter
+from .conv import conv_extra_repr
+from .init import init_weight_and_bias, positive_int
+from .module import Module
 
 __all__ = ["ConvTranspose2d"]
 
@@ -30,9 +28,7 @@ class ConvTranspose2d(Module):
                  bias=True, dilation=1, *, backend=None, device=None, dtype="float32", seed=None,
                  max_workspace_bytes=DEFAULT_MAX_WORKSPACE_BYTES):
         super().__init__(backend=backend, device=device, dtype=dtype)
-        for name, v in (("in_channels", in_channels), ("out_channels", out_channels)):
-            if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < 1:
-                raise ValueError(f"{name} must be a positive int, got {v!r}")
+        in_channels, out_channels = positive_int("in_channels", in_channels), positive_int("out_channels", out_channels)
         if isinstance(padding, str):
             raise ValueError(f"ConvTranspose2d padding must be an int or a pair of ints, got {padding!r}")
         kernel = _int_tuple(kernel_size, 2, "kernel_size", 1)
@@ -45,12 +41,9 @@ class ConvTranspose2d(Module):
         self.in_channels, self.out_channels, self.kernel_size = int(in_channels), int(out_channels), kernel
         self.stride, self.padding, self.dilation, self.groups = stride, padding, dilation, groups
         self.max_workspace_bytes = max_workspace_bytes
-        rng = np.random.default_rng(seed)
         fan_in = out_channels // groups * math.prod(kernel)               # torch's fan_in of this weight
-        w = kaiming_uniform(rng, (in_channels, out_channels // groups, *kernel), fan_in)
-        self.weight = Parameter(self.backend.asarray(w, dtype=self.dtype))
-        self.bias = Parameter(self.backend.asarray(kaiming_uniform(rng, (out_channels,), fan_in),
-                                                   dtype=self.dtype)) if bias else None
+        init_weight_and_bias(self, (in_channels, out_channels // groups, *kernel), fan_in,
+                             out_channels if bias else None, seed)
         self._x = None
 
     def _clear_cache(self) -> None:
@@ -98,14 +91,4 @@ class ConvTranspose2d(Module):
         return grad_x
 
     def extra_repr(self) -> str:
-        s = (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
-             f"padding={self.padding!r}")
-        if any(self.output_padding):
-            s += f", output_padding={self.output_padding}"
-        if self.dilation != 1:
-            s += f", dilation={self.dilation}"
-        if self.groups != 1:
-            s += f", groups={self.groups}"
-        if self.bias is None:
-            s += ", bias=False"
-        return s + f", backend={self.backend.name!r}"
+        return conv_extra_repr(self, **({"output_padding": self.output_padding} if any(self.output_padding) else {}))

@@ -1,13 +1,11 @@
 """Fully connected layer ``y = x Wᵀ + b`` with weight (out_features, in_features), as in PyTorch."""
 from __future__ import annotations
 
-import numbers
 
-import numpy as np
 
 from ..functional import namespace_of
-from .conv import kaiming_uniform
-from .module import Module, Parameter
+from .init import init_weight_and_bias, positive_int
+from .module import Module
 
 __all__ = ["Linear"]
 
@@ -21,15 +19,10 @@ class Linear(Module):
     def __init__(self, in_features, out_features, bias=True, *, backend=None, device=None, dtype="float32",
                  seed=None):
         super().__init__(backend=backend, device=device, dtype=dtype)
-        for name, v in (("in_features", in_features), ("out_features", out_features)):
-            if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < 1:
-                raise ValueError(f"{name} must be a positive int, got {v!r}")
-        self.in_features, self.out_features = int(in_features), int(out_features)
-        rng = np.random.default_rng(seed)
-        w = kaiming_uniform(rng, (self.out_features, self.in_features), self.in_features)
-        self.weight = Parameter(self.backend.asarray(w, dtype=self.dtype))
-        self.bias = Parameter(self.backend.asarray(kaiming_uniform(rng, (self.out_features,), self.in_features),
-                                                   dtype=self.dtype)) if bias else None
+        self.in_features = positive_int("in_features", in_features)
+        self.out_features = positive_int("out_features", out_features)
+        init_weight_and_bias(self, (self.out_features, self.in_features), self.in_features,
+                             self.out_features if bias else None, seed)
         self._x = None
 
     def _clear_cache(self) -> None:
