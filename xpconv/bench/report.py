@@ -90,12 +90,7 @@ def plot_suite(rows, path, title: str) -> bool:
                    label="same-FLOP GEMM" if j == 0 else None)
     ax.set_xticks(range(len(layers)), layers, rotation=30, ha="right", fontsize=8)
     ax.set_ylabel("forward+backward GFLOP/s")
-    ax.set_title(title, fontsize=9)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return True
+    return _finish(plt, fig, ax, path, title)
 
 
 def plot_memory(rows, path, title: str) -> bool:
@@ -120,6 +115,11 @@ def plot_memory(rows, path, title: str) -> bool:
     ax.set_yscale("log", base=2)
     ax.set_xlabel("batch size N")
     ax.set_ylabel("peak MiB during forward+backward")
+    return _finish(plt, fig, ax, path, title)
+
+
+def _finish(plt, fig, ax, path, title: str) -> bool:
+    """Title, legend, save to ``path`` and close."""
     ax.set_title(title, fontsize=9)
     ax.legend(fontsize=8)
     fig.tight_layout()
