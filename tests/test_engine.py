@@ -128,7 +128,7 @@ def test_batch_chunks_cover_the_batch_in_order_under_the_cap(n, per_sample, cap,
     if cap is None:
         assert chunks == [slice(0, n)]
         return
-    limit = min(cap, CPU_CHUNK_BYTES if cache_sized and per_sample <= CPU_CHUNK_BYTES else n * per_sample)
+    limit = min(cap, CPU_CHUNK_BYTES if cache_sized else n * per_sample)
     for sl in chunks:
         assert sl.stop - sl.start == 1 or (sl.stop - sl.start) * per_sample <= limit
     if n * per_sample <= limit:

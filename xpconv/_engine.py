@@ -147,14 +147,14 @@ def _batch_chunks(n: int, bytes_per_sample: int, max_workspace_bytes: int | None
     """Slices over the batch so that one chunk's workspace stays under the cap (at least 1 sample).
 
     ``None`` means no cap: the whole batch in one chunk.  Under a cap, with ``cache_sized``, a
-    chunk is also kept under ``CPU_CHUNK_BYTES`` when one sample fits in it: a workspace that small stays
-    in the caches and reuses heap pages, which measured faster than one big buffer even though
-    backward then redoes the im2col (see docs/benchmarks.md).
+    chunk is also kept under ``CPU_CHUNK_BYTES`` (a single sample when one alone is larger): a workspace
+    that small stays in the caches and reuses heap pages, which measured faster than one big buffer even
+    though backward then redoes the im2col (see docs/benchmarks.md).
     """
     if max_workspace_bytes is None:
         return [slice(0, n)]
     budget = max_workspace_bytes
-    if cache_sized and bytes_per_sample <= CPU_CHUNK_BYTES:
+    if cache_sized:
         budget = min(budget, CPU_CHUNK_BYTES)
     step = max(1, min(n, budget // max(bytes_per_sample, 1)))
     return [slice(i, min(i + step, n)) for i in range(0, n, step)]
