@@ -6,8 +6,10 @@ import pytest
 
 from conftest import as_numpy
 from reference import conv_backward_reference, conv_reference
+import xpconv._engine as engine
 from xpconv._engine import (CPU_CHUNK_BYTES, ConvGeometry, _batch_chunks, _transposed_geometry, _transposed_product,
-                            col2im, conv_backward, conv_forward, conv_output_size, im2col)
+                            col2im, conv_backward, conv_forward, conv_output_size, im2col, wide_col2im, wide_im2col,
+                            wide_layout)
 
 # (x shape, kernel, stride, (lo, hi) padding, dilation, groups)
 CASES = {
@@ -20,7 +22,22 @@ CASES = {
     # stride 1 and O <= C: dL/dx through the transposed convolution
     "2d-transposed-dx-groups": ((2, 4, 7, 6), (3, 2), (1, 1), ((2, 1), (1, 0)), (2, 1), 2),
     "3d-transposed-dx": ((1, 4, 4, 5, 3), (2, 3, 2), (1, 1, 1), ((1, 0), (1, 1), (0, 1)), (1, 1, 2), 1),
+    "3d-wide": ((2, 2, 3, 12, 11), (2, 3, 3), (1, 1, 1), ((1, 0), (1, 1), (0, 2)), (1, 1, 1), 1),
 }
+
+
+# the cases whose stride-1 geometry takes the wide layout; the others use im2col's exact one
+WIDE_CASES = {"1d-pad", "2d-transposed-dx-groups", "3d-wide"}
+
+
+@pytest.fixture(params=["chosen", "exact"])
+def layout(request, monkeypatch):
+    """Run a test with the layout the engine chooses, and again with the wide layout switched off."""
+    if request.param == "exact":
+        monkeypatch.setattr(engine, "WIDE_MAX_OVERHEAD", 0.0)
+    engine.wide_layout.cache_clear()
+    yield request.param
+    engine.wide_layout.cache_clear()
 
 
 def _geometry(case):
@@ -83,9 +100,57 @@ def test_im2col_and_col2im_leave_inputs_unchanged(rng):
     np.testing.assert_array_equal(cols, cols0)
 
 
+@pytest.mark.parametrize("name", CASES)
+def test_wide_layout_is_chosen_for_stride_1_im2col_geometries(name, layout):
+    shape = CASES[name][0]
+    chosen = wide_layout(_geometry(CASES[name]), shape[2:])
+    assert (chosen is not None) == (name in WIDE_CASES and layout == "chosen")
+
+
+@pytest.mark.parametrize("spatial,kernel,padding,expected", [
+    ((32, 32), (3, 3), 1, True),                 # 34 / 32 extra columns
+    ((4, 4), (3, 3), 1, True),                   # 6 / 4: exactly the 1.5 limit
+    ((7, 7), (7, 7), 3, False),                  # 13 / 7
+    ((8, 8, 8), (3, 3, 3), 1, False),            # 10 * 10 / (8 * 8)
+    ((16, 16, 16), (3, 3, 3), 1, True),          # 18 * 18 / (16 * 16)
+])
+def test_wide_layout_limits_the_extra_columns(spatial, kernel, padding, expected):
+    nd = len(spatial)
+    geom = ConvGeometry(kernel, (1,) * nd, ((padding, padding),) * nd, (1,) * nd)
+    assert (wide_layout(geom, spatial) is not None) == expected
+
+
+def _wide_case(name, rng):
+    """(x shape, geometry, its wide layout, a random float64 x) for one of WIDE_CASES."""
+    shape = CASES[name][0]
+    geom = _geometry(CASES[name])
+    return shape, geom, wide_layout(geom, shape[2:]), rng.standard_normal(shape)
+
+
+@pytest.mark.parametrize("name", sorted(WIDE_CASES))
+def test_wide_im2col_matches_explicit_loops_on_the_output_grid(backend, rng, name):
+    """Wide columns hold the exact columns at the output positions of their grid (the rest is dropped)."""
+    shape, geom, lay, x = _wide_case(name, rng)
+    cols = as_numpy(wide_im2col(backend.asarray(x, dtype="float64"), geom, lay))
+    assert cols.shape == (*shape[:2], len(lay.offsets), lay.length)
+    on_grid = cols.reshape(*shape[:2], *geom.kernel, *lay.grid)[(..., *lay.crop)]
+    np.testing.assert_array_equal(on_grid, _im2col_loops(x, geom))
+
+
+@pytest.mark.parametrize("name", sorted(WIDE_CASES))
+def test_wide_col2im_is_the_adjoint_of_wide_im2col(backend, rng, name):
+    shape, geom, lay, x = _wide_case(name, rng)
+    c = rng.standard_normal((*shape[:2], len(lay.offsets), lay.length))
+    xb, cb = backend.asarray(x, dtype="float64"), backend.asarray(c, dtype="float64")
+    lhs = np.sum(as_numpy(wide_im2col(xb, geom, lay)) * c)
+    folded = wide_col2im(cb, geom, lay, shape[2:])
+    assert tuple(folded.shape) == shape
+    np.testing.assert_allclose(lhs, np.sum(x * as_numpy(folded)), rtol=1e-12)
+
+
 @pytest.mark.parametrize("keep_cols", [False, True])
 @pytest.mark.parametrize("name", CASES)
-def test_forward_and_backward_match_the_loop_reference(backend, rng, name, keep_cols):
+def test_forward_and_backward_match_the_loop_reference(backend, rng, name, keep_cols, layout):
     shape, kernel, stride, padding, dilation, groups = CASES[name]
     geom = _geometry(CASES[name])
     o = 2 * groups
