@@ -14,15 +14,23 @@ HAS_TORCH = importlib.util.find_spec("torch") is not None
 TINY = "2,3,6x6,4,3,1,1"
 
 
-def test_bench_json_has_environment_results_and_positive_timings(tmp_path, capsys):
+def test_bench_json_has_environment_results_and_positive_timings(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("OPENBLAS_CORETYPE", "Haswell")
     out = tmp_path / "bench.json"
     rc = main(["bench", "--backends", "numpy,cupy,torch-ref", "--layers", f"{TINY};3,4,9,4,3,2,0,2",
                "--repeats", "2", "--warmup", "1", "--threads", "1", "--json", str(out), "--no-progress"])
     assert rc == 0
-    stdout = capsys.readouterr().out
+    captured = capsys.readouterr()
+    stdout = captured.out
     assert "| layer |" in stdout and "numpy: fwd+bwd time" in stdout
     data = json.loads(out.read_text())
     env = data["environment"]
+    # the first line names what the figures depend on; a pinned OpenBLAS kernel is pointed out
+    first = stdout.splitlines()[0]
+    assert first.startswith("environment: ") and env["cpu"] in first and "threads 1" in first
+    assert f"numpy {env['versions']['numpy']}" in first and "OPENBLAS_CORETYPE=Haswell" in first
+    assert env["env"]["OPENBLAS_CORETYPE"] == "Haswell"
+    assert "note: OPENBLAS_CORETYPE=Haswell is set" in captured.err
     assert env["threads"] == 1 and env["versions"]["numpy"] and env["cpu"]
     assert isinstance(env["blas"], list) and "CUPY_TF32" in env["env"]
     assert all(pool["num_threads"] == 1 for pool in env["blas"])

@@ -87,6 +87,9 @@ def run(args) -> int:
     env = collect_environment()  # while the thread limits are in force
     env["threads"] = threads
     env["tf32"] = args.tf32
+    if os.environ.get("OPENBLAS_CORETYPE"):
+        print(f"note: OPENBLAS_CORETYPE={os.environ['OPENBLAS_CORETYPE']} is set: NumPy's OpenBLAS runs those kernels "
+              "whatever this CPU supports (see docs/benchmarks.md)", file=sys.stderr)
     progress = not args.no_progress
     try:
         rows = run_suite(runners, layers, repeats=args.repeats, warmup=args.warmup, max_workspace_bytes=cap,
@@ -98,6 +101,8 @@ def run(args) -> int:
             limiter.restore_original_limits()
     summary = summarize(rows)
 
+    print(report.environment_line(env))
+    print()
     print(report.markdown_table(rows, layers))
     print()
     print(report.summary_lines(summary))

@@ -5,13 +5,24 @@ import json
 import sys
 from pathlib import Path
 
-__all__ = ["markdown_table", "summary_lines", "sweep_table", "write_json", "plot_suite", "plot_memory"]
+__all__ = ["environment_line", "markdown_table", "summary_lines", "sweep_table", "write_json", "plot_suite", "plot_memory"]
 
 _MIB = 2**20
 
 
 def _fmt(v, spec: str, none: str = "-") -> str:
     return none if v is None else format(v, spec)
+
+
+def environment_line(env) -> str:
+    """What the figures depend on, in one line: CPU/GPU, threads, library versions, BLAS kernels."""
+    versions = ", ".join(f"{k} {v}" for k, v in env["versions"].items())
+    blas = [f"{b['internal_api']} {b.get('version')} ({b['architecture']} kernels)"
+            for b in env.get("blas", []) if b.get("architecture")]
+    pinned = {k: v for k, v in env.get("env", {}).items() if k.startswith("OPENBLAS_CORETYPE") and v}
+    parts = [env["cpu"] + (f", GPU {env['gpu']}" if env.get("gpu") else ""), f"threads {env.get('threads')}",
+             versions, *blas, *(f"{k}={v}" for k, v in pinned.items())]
+    return "environment: " + "; ".join(parts)
 
 
 def markdown_table(rows, layers) -> str:
