@@ -14,6 +14,7 @@ CONFIGS = [
     (2, 2, 3, 2, 1, 1, 1, 1),
     (4, 2, (2, 3), (2, 1), (0, 1), (1, 0), 2, 1),
     (2, 4, 2, 3, 1, 2, 2, 2),
+    (4, 2, 3, 1, 1, 0, 1, 1),   # stride 1, more inputs than outputs: the fold of wide columns
 ]
 
 
@@ -47,6 +48,21 @@ def test_matches_torch(backend, rng, cfg):
     np.testing.assert_allclose(as_numpy(dx), xt.grad.numpy(), rtol=1e-12, atol=1e-12)
     np.testing.assert_allclose(as_numpy(layer.weight.grad), wt.grad.numpy(), rtol=1e-12, atol=1e-12)
     np.testing.assert_allclose(as_numpy(layer.bias.grad), bt.grad.numpy(), rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("cfg", CONFIGS)
+def test_chunked_batch_gives_the_same_bits(rng, cfg):
+    """max_workspace_bytes=1 (one sample per chunk) changes no bit of y, dx or the gradients on NumPy."""
+    x = rng.standard_normal((3, cfg[0], 4, 5)).astype(np.float32)
+    results = []
+    for cap in (None, 1):
+        layer = nn.ConvTranspose2d(*cfg[:3], stride=cfg[3], padding=cfg[4], output_padding=cfg[5], groups=cfg[6],
+                                   dilation=cfg[7], seed=0, max_workspace_bytes=cap)
+        y = layer(x)
+        dx = layer.backward(np.cos(y))
+        results.append((y, dx, layer.weight.grad, layer.bias.grad))
+    for one, chunked in zip(*results):
+        assert np.array_equal(one, chunked)
 
 
 def test_upsamples_and_keeps_float32(backend, rng):

@@ -283,11 +283,9 @@ def conv_backward(grad_output, x, weight, geom: ConvGeometry, *, cols=None, need
 
     dL/dW = sum over the batch of dY · colsᵀ, added one sample after the other: chunking
             the batch does not change a bit of it (NumPy sums axis 0 in order)
-    dL/dx = conv(dY, flipped Wᵀ) for stride 1, O <= C and O/G <= 64 (measured faster there),
-            else col2im(Wᵀ · dY), chunk by chunk
+    dL/dx = :func:`conv_backward_data`
 
-    Workspace per chunk: cols (unless kept), dY in the columns' layout, dcols and their fold
-    (if folded), per-sample dW.
+    Workspace per chunk of dL/dW: cols (unless kept), dY in the columns' layout, per-sample dW.
     """
     xp = array_namespace(grad_output, x, weight)
     n, c, *spatial = x.shape
@@ -295,24 +293,11 @@ def conv_backward(grad_output, x, weight, geom: ConvGeometry, *, cols=None, need
     out = tuple(grad_output.shape[2:])
     layout = wide_layout(geom, tuple(spatial))
     ck, length = (c // g) * math.prod(geom.kernel), _length(layout, out)
-    w3 = xp.reshape(weight, (g, o // g, ck))
-    # The transposed convolution unfolds dY (O channels) instead of folding dcols (C channels); it pays
-    # where Wᵀ · dY is a thin GEMM (inner dimension O/G <= 64) and measured neutral to slower for wider ones.
-    thin = o // g <= TRANSPOSED_DX_MAX_CHANNELS and o <= c
-    transposed = _transposed_geometry(geom) if need_input_grad and thin else None
     grad_input = None
-    if transposed is not None:
-        grad_input, _ = conv_forward(grad_output, _transposed_weight(weight, g), None, transposed,
-                                     max_workspace_bytes=max_workspace_bytes)
-    fold = need_input_grad and transposed is None
-    fold_elements = 0 if geom.is_pointwise else c * (math.prod(geom.kernel) * length + math.prod(
-        spatial if layout is None else layout.padded))
-    per_sample = ((cols is None) * _cols_elements(geom, c, spatial, layout) + fold * fold_elements
-                  + (layout is not None) * o * length + o * ck)
-    chunks = _batch_chunks(n, _itemsize(x) * per_sample, max_workspace_bytes,
-                           _cache_sized_chunks(x, geom))
-    if fold:
-        grad_input = xp.empty(x.shape, dtype=x.dtype, device=device(x))
+    if need_input_grad:
+        grad_input = conv_backward_data(grad_output, weight, geom, spatial, max_workspace_bytes=max_workspace_bytes)
+    per_sample = (cols is None) * _cols_elements(geom, c, spatial, layout) + (layout is not None) * o * length + o * ck
+    chunks = _batch_chunks(n, _itemsize(x) * per_sample, max_workspace_bytes, _cache_sized_chunks(x, geom))
     grad_weight = None
     for sl in chunks:
         chunk_cols = _gemm_cols(x[sl, ...], geom, layout, out) if cols is None else cols[sl, ...]
@@ -321,10 +306,40 @@ def conv_backward(grad_output, x, weight, geom: ConvGeometry, *, cols=None, need
         if grad_weight is not None:
             partial[0, ...] += grad_weight
         grad_weight = xp.sum(partial, axis=0)
-        if fold:
-            grad_input[sl, ...] = _fold(_transposed_product(w3, dy), geom, layout, spatial)
         chunk_cols = partial = dy = None                               # freed before the next chunk's
     return grad_input, xp.reshape(grad_weight, weight.shape)
+
+
+def conv_backward_data(grad_output, weight, geom: ConvGeometry, spatial, *,
+                       max_workspace_bytes=DEFAULT_MAX_WORKSPACE_BYTES):
+    """dL/dx (N, C, *spatial) of y = conv(x, W) from dL/dy (N, O, *out): also a transposed convolution's forward.
+
+    conv(dY, flipped Wᵀ) for stride 1, O <= C and O/G <= 64 (measured faster there), else
+    fold(Wᵀ · dY), chunk by chunk.  Workspace per chunk: dY in the columns' layout, dcols, their fold.
+    """
+    xp = array_namespace(grad_output, weight)
+    n, o = grad_output.shape[:2]
+    g = geom.groups
+    c = weight.shape[1] * g
+    # The transposed convolution unfolds dY (O channels) instead of folding dcols (C channels); it pays
+    # where Wᵀ · dY is a thin GEMM (inner dimension O/G <= 64) and measured neutral to slower for wider ones.
+    transposed = _transposed_geometry(geom) if o // g <= TRANSPOSED_DX_MAX_CHANNELS and o <= c else None
+    if transposed is not None:
+        return conv_forward(grad_output, _transposed_weight(weight, g), None, transposed,
+                            max_workspace_bytes=max_workspace_bytes)[0]
+    layout = wide_layout(geom, tuple(spatial))
+    k, length = math.prod(geom.kernel), _length(layout, grad_output.shape[2:])
+    w3 = xp.reshape(weight, (g, o // g, (c // g) * k))
+    folded = math.prod(spatial if layout is None else layout.padded)
+    per_sample = (0 if geom.is_pointwise else c * (k * length + folded)) + (layout is not None) * o * length
+    chunks = _batch_chunks(n, _itemsize(grad_output) * per_sample, max_workspace_bytes,
+                           _cache_sized_chunks(grad_output, geom))
+    grad_input = xp.empty((n, c, *spatial), dtype=grad_output.dtype, device=device(grad_output))
+    for sl in chunks:
+        dy = _output_columns(grad_output[sl, ...], layout, g)          # (m, G, O/G, L)
+        grad_input[sl, ...] = _fold(_transposed_product(w3, dy), geom, layout, spatial)
+        dy = None                                                      # freed before the next chunk's
+    return grad_input
 
 
 def _length(layout: WideLayout | None, out) -> int:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 
-from .._engine import DEFAULT_MAX_WORKSPACE_BYTES, col2im, conv_backward, conv_forward
+from .._engine import DEFAULT_MAX_WORKSPACE_BYTES, conv_backward, conv_backward_data, conv_forward
 from ..functional import _int_tuple, make_geometry, namespace_of
 from .conv import conv_extra_repr
 from .init import init_weight_and_bias, positive_int
@@ -55,19 +55,16 @@ class ConvTranspose2d(Module):
                          self.output_padding))
 
     def forward(self, x):
-        """y = col2im(Wᵀ · x) + b: the backward-data pass of the associated convolution."""
+        """y = col2im(Wᵀ · x) + b: the backward-data pass of the associated convolution, chunked like it."""
         bias = None if self.bias is None else self.bias.data
         xp = namespace_of(x, self.weight.data, bias, names=["x", "weight", "bias"])
         if x.ndim != 4 or x.shape[1] != self.in_channels:
             raise ValueError(f"ConvTranspose2d expects x of shape (N, {self.in_channels}, H, W), got {tuple(x.shape)}")
-        n, _, h, w = x.shape
+        h, w = x.shape[2:]
         out = self.output_shape((h, w))
         if any(o < 1 for o in out):
             raise ValueError(f"input {(h, w)} gives an empty output {out} with padding {self.padding}")
-        g, k = self.groups, math.prod(self.kernel_size)
-        w3 = xp.reshape(self.weight.data, (g, self.in_channels // g, (self.out_channels // g) * k))
-        cols = xp.matmul(xp.matrix_transpose(w3), xp.reshape(x, (n, g, self.in_channels // g, h * w)))
-        y = col2im(xp.reshape(cols, (n, self.out_channels, *self.kernel_size, h, w)), self.geom, out)
+        y = conv_backward_data(x, self.weight.data, self.geom, out, max_workspace_bytes=self.max_workspace_bytes)
         if bias is not None:
             y = y + xp.reshape(bias, (1, -1, 1, 1))
         self._x = x if self.training else None
