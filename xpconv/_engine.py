@@ -139,6 +139,15 @@ class WideLayout:
         """Selects ``out`` from the grid."""
         return tuple(slice(0, o) for o in self.out)
 
+    @property
+    def has_extra_columns(self) -> bool:
+        """False when the grid is the output (1-D, or a kernel of width 1 on the trailing axes)."""
+        return self.grid != self.out
+
+
+def _has_extra_columns(layout: WideLayout | None) -> bool:
+    return layout is not None and layout.has_extra_columns
+
 
 @lru_cache(maxsize=256)
 def wide_layout(geom: ConvGeometry, spatial: tuple[int, ...]) -> WideLayout | None:
@@ -260,7 +269,7 @@ def conv_forward(x, weight, bias, geom: ConvGeometry, *, max_workspace_bytes=DEF
     per_sample = _cols_elements(geom, c, spatial, layout) + o * _length(layout, out)
     chunks = _batch_chunks(n, _itemsize(x) * per_sample, max_workspace_bytes,
                            _cache_sized_chunks(x, geom))
-    one_gemm = len(chunks) == 1 and layout is None
+    one_gemm = len(chunks) == 1 and not _has_extra_columns(layout)
     y = None if one_gemm else xp.empty((n, o, *out), dtype=x.dtype, device=device(x))
     cols = None
     for sl in chunks:
@@ -296,7 +305,8 @@ def conv_backward(grad_output, x, weight, geom: ConvGeometry, *, cols=None, need
     grad_input = None
     if need_input_grad:
         grad_input = conv_backward_data(grad_output, weight, geom, spatial, max_workspace_bytes=max_workspace_bytes)
-    per_sample = (cols is None) * _cols_elements(geom, c, spatial, layout) + (layout is not None) * o * length + o * ck
+    per_sample = ((cols is None) * _cols_elements(geom, c, spatial, layout) + _has_extra_columns(layout) * o * length
+                  + o * ck)
     chunks = _batch_chunks(n, _itemsize(x) * per_sample, max_workspace_bytes, _cache_sized_chunks(x, geom))
     grad_weight = None
     for sl in chunks:
@@ -332,7 +342,7 @@ def conv_backward_data(grad_output, weight, geom: ConvGeometry, spatial, *,
     k, length = math.prod(geom.kernel), _length(layout, grad_output.shape[2:])
     w3 = xp.reshape(weight, (g, o // g, (c // g) * k))
     folded = math.prod(spatial if layout is None else layout.padded)
-    per_sample = (0 if geom.is_pointwise else c * (k * length + folded)) + (layout is not None) * o * length
+    per_sample = (0 if geom.is_pointwise else c * (k * length + folded)) + _has_extra_columns(layout) * o * length
     chunks = _batch_chunks(n, _itemsize(grad_output) * per_sample, max_workspace_bytes,
                            _cache_sized_chunks(grad_output, geom))
     grad_input = xp.empty((n, c, *spatial), dtype=grad_output.dtype, device=device(grad_output))
@@ -367,7 +377,7 @@ def _outputs(yc, layout: WideLayout | None, out):
     """GEMM result (m, G, O/G, L) -> y (m, O, *out), dropping the wide layout's extra columns."""
     xp = array_namespace(yc)
     m, o = yc.shape[0], yc.shape[1] * yc.shape[2]
-    if layout is None:
+    if not _has_extra_columns(layout):
         return xp.reshape(yc, (m, o, *out))
     return xp.reshape(yc, (m, o, *layout.grid))[(*_ALL2, *layout.crop)]
 
@@ -376,7 +386,7 @@ def _output_columns(dy, layout: WideLayout | None, groups: int):
     """The adjoint of :func:`_outputs`: dY (m, O, *out) -> (m, G, O/G, L), zero on the extra columns."""
     xp = array_namespace(dy)
     m, o = dy.shape[:2]
-    if layout is not None:
+    if _has_extra_columns(layout):
         wide = xp.zeros((m, o, *layout.grid), dtype=dy.dtype, device=device(dy))
         wide[(*_ALL2, *layout.crop)] = dy
         dy = wide
