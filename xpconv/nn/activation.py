@@ -14,7 +14,7 @@ __all__ = ["ReLU", "Flatten", "Dropout"]
 
 
 class ReLU(Module):
-    """y = max(x, 0), any shape; the gradient at 0 is 0, as in PyTorch."""
+    """y = max(x, 0), any shape; NaN stays NaN and the gradient at 0 (and at NaN) is 0, as in PyTorch."""
 
     def __init__(self, *, backend=None, device=None, dtype="float32"):
         super().__init__(backend=backend, device=device, dtype=dtype)
@@ -25,9 +25,8 @@ class ReLU(Module):
 
     def forward(self, x):
         xp = namespace_of(x, names=["x"])
-        mask = x > 0
-        self._mask = mask if self.training else None
-        return xp.where(mask, x, xp.zeros_like(x))
+        self._mask = (x > 0) if self.training else None
+        return xp.where(x < 0, xp.zeros_like(x), x)
 
     def backward(self, grad_output):
         mask = self._need_cache(self._mask)
