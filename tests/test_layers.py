@@ -34,14 +34,14 @@ def test_relu_and_flatten_by_finite_differences(backend, rng):
     check_layer_gradients(nn.Flatten(backend=backend, dtype="float64"), rng.standard_normal((2, 3, 2, 2)))
 
 
-def test_relu_keeps_nan_and_passes_no_gradient_through_it(backend):
-    """As torch.relu: NaN in gives NaN out (not a silent 0), and dL/dx is 0 at NaN and at 0."""
+def test_relu_treats_nan_as_torch_does(backend):
+    """As torch.relu (2.13): NaN in gives NaN out (not a silent 0); dL/dx is 0 at x <= 0 and passes at NaN."""
     x = backend.asarray(np.array([[-1.0, 0.0, float("nan"), 2.0]]), dtype="float64")
     layer = nn.ReLU(backend=backend, dtype="float64")
     y = as_numpy(layer(x))
     np.testing.assert_array_equal(y, [[0.0, 0.0, np.nan, 2.0]])
     dx = as_numpy(layer.backward(backend.xp.ones_like(x)))
-    np.testing.assert_array_equal(dx, [[0.0, 0.0, 0.0, 1.0]])
+    np.testing.assert_array_equal(dx, [[0.0, 0.0, 1.0, 1.0]])
 
 
 @needs_torch

@@ -14,7 +14,8 @@ __all__ = ["ReLU", "Flatten", "Dropout"]
 
 
 class ReLU(Module):
-    """y = max(x, 0), any shape; NaN stays NaN and the gradient at 0 (and at NaN) is 0, as in PyTorch."""
+    """y = max(x, 0), any shape, as torch.relu: NaN stays NaN; the gradient is 0 where x <= 0 (at 0 too)
+    and passes where x > 0 or x is NaN."""
 
     def __init__(self, *, backend=None, device=None, dtype="float32"):
         super().__init__(backend=backend, device=device, dtype=dtype)
@@ -25,7 +26,7 @@ class ReLU(Module):
 
     def forward(self, x):
         xp = namespace_of(x, names=["x"])
-        self._mask = (x > 0) if self.training else None
+        self._mask = xp.logical_not(x <= 0) if self.training else None
         return xp.where(x < 0, xp.zeros_like(x), x)
 
     def backward(self, grad_output):
