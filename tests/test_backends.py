@@ -77,6 +77,22 @@ def test_asarray_moves_between_backends_and_to_numpy_returns_host_copy(backend, 
     assert isinstance(other, np.ndarray)
 
 
+def test_synchronize_leaves_no_queued_work(backend, rng):
+    """After synchronize(), the device's queue is empty (CUDA); on the CPU there is nothing to wait for."""
+    a = backend.asarray(rng.standard_normal((512, 512)), dtype="float32")
+    for _ in range(4):
+        a = backend.xp.matmul(a, a) / 512
+    assert backend.synchronize() is None
+    if backend.name == "cupy":
+        import cupy
+
+        assert cupy.cuda.get_current_stream().done
+    elif str(backend.device).startswith("cuda"):
+        import torch
+
+        assert torch.cuda.current_stream(backend.device).query()
+
+
 def test_backend_dtype_names():
     with pytest.raises(ValueError, match="dtype must be 'float32' or 'float64'"):
         xpconv.get_backend("numpy").dtype("int8")

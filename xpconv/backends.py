@@ -65,6 +65,18 @@ class Backend:
                 return cupy.asarray(x, dtype=dtype)
         return self.xp.asarray(x, dtype=dtype, device=self.device)
 
+    def synchronize(self) -> None:
+        """Wait until the device has finished the work queued so far (CUDA); nothing to wait for on the CPU.
+
+        For timing: CuPy and torch return from a GPU call before the GPU is done.
+        """
+        if self.name == "cupy":
+            self.device.synchronize()
+        elif self.name == "torch" and self.device.type == "cuda":
+            import torch
+
+            torch.cuda.synchronize(self.device)
+
     def dtype(self, name):
         """The floating dtype called ``name`` ("float32"/"float64") in this namespace."""
         if not isinstance(name, str):

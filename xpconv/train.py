@@ -98,6 +98,7 @@ def fit(model, data: Dataset, *, epochs: int, batch_size: int, optimizer, seed: 
             correct += _count_correct(logits, yb)
             seen += xb.shape[0]
             bar.set_postfix(loss=f"{total_loss / seen:.4f}", acc=f"{correct / seen:.3f}", refresh=False)
+        model.backend.synchronize()                # the last step's GPU work counts in this epoch's time
         seconds += time.perf_counter() - start
         bar.close()
         start = time.perf_counter()
