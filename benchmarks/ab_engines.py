@@ -1,8 +1,10 @@
-"""Compare two versions of xpconv/_engine.py side by side in one run (for engine work).
+"""Compare the engine of two git revisions side by side in one run (for engine work).
 
-    git show <commit>:xpconv/_engine.py > /tmp/engine_before.py
-    python benchmarks/ab_engines.py /tmp/engine_before.py xpconv/_engine.py --threads 2 --repeats 5
+    python benchmarks/ab_engines.py 95da159 --threads 2 --repeats 5          # against the working tree
+    python benchmarks/ab_engines.py 95da159 HEAD
 
+Each revision's ``xpconv`` package is extracted with ``git archive`` into a temporary folder and
+imported under its own name, so both engines (and the modules they import) run in one process.
 For every suite layer it times, in blocks of ``--repeats`` calls (after one warm-up call) and over
 two rounds: torch's own convolution with autograd, a square GEMM with the layer's forward FLOPs,
 and forward+backward of each engine file (as the Conv layers call it, forward keeping its columns),
@@ -13,20 +15,38 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import io
 import math
 import statistics
+import subprocess
 import sys
+import tarfile
+import tempfile
 import time
+from pathlib import Path
 
 import numpy as np
 
 
-def _load(path: str, name: str):
-    spec = importlib.util.spec_from_file_location(name, path)
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _load_engine(revision: str | None, name: str, tmp: Path):
+    """The ``_engine`` module of ``xpconv`` at a git revision (None: the working tree), as package ``name``."""
+    if revision is None:
+        package = ROOT / "xpconv"
+    else:
+        archive = subprocess.run(["git", "archive", revision, "xpconv"], cwd=ROOT, check=True,
+                                 capture_output=True).stdout
+        with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
+            tar.extractall(tmp / name, **({"filter": "data"} if hasattr(tarfile, "data_filter") else {}))
+        package = tmp / name / "xpconv"
+    spec = importlib.util.spec_from_file_location(name, package / "__init__.py",
+                                                  submodule_search_locations=[str(package)])
     module = importlib.util.module_from_spec(spec)
     sys.modules[name] = module
     spec.loader.exec_module(module)
-    return module
+    return importlib.import_module(f"{name}._engine")
 
 
 def _medians(fns: dict, repeats: int) -> dict:
@@ -43,19 +63,24 @@ def _medians(fns: dict, repeats: int) -> dict:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("before")
-    parser.add_argument("after")
+    parser.add_argument("before", help="git revision of the engine to compare against")
+    parser.add_argument("after", nargs="?", help="git revision (default: the working tree)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args(argv)
+    with tempfile.TemporaryDirectory(prefix="ab_engines_") as tmp:
+        engines = {"before": _load_engine(args.before, "xpconv_before", Path(tmp)),
+                   "after": _load_engine(args.after, "xpconv_after", Path(tmp))}
+        return _compare(engines, args)
 
+
+def _compare(engines, args) -> int:
     import torch
     from threadpoolctl import threadpool_limits
 
     from xpconv.bench.suite import SUITE
 
     torch.set_num_threads(args.threads)
-    engines = {"before": _load(args.before, "engine_before"), "after": _load(args.after, "engine_after")}
     rng = np.random.default_rng(0)
     rows = []
     print("| layer | torch ms | GEMM GFLOP/s | before ms | before / torch | before / GEMM | after ms | after / torch "

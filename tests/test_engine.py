@@ -1,4 +1,5 @@
-"""The engine's parts: output sizes, im2col/col2im against explicit loops and each other, forward/backward."""
+"""The engine and its column buffers: output sizes, im2col/col2im (exact and wide) against explicit loops and
+each other, forward/backward against the loop reference, chunking helpers."""
 from __future__ import annotations
 
 import numpy as np
@@ -6,10 +7,10 @@ import pytest
 
 from conftest import as_numpy
 from reference import conv_backward_reference, conv_reference
-import xpconv._engine as engine
-from xpconv._engine import (CPU_CHUNK_BYTES, ConvGeometry, _batch_chunks, _transposed_geometry, _transposed_product,
-                            col2im, conv_backward, conv_forward, conv_output_size, im2col, wide_col2im, wide_im2col,
-                            wide_layout)
+import xpconv._columns as columns
+from xpconv._columns import ConvGeometry, col2im, conv_output_size, im2col, wide_col2im, wide_im2col, wide_layout
+from xpconv._engine import (CPU_CHUNK_BYTES, _batch_chunks, _transposed_geometry, _transposed_product, conv_backward,
+                            conv_forward)
 
 # (x shape, kernel, stride, (lo, hi) padding, dilation, groups)
 CASES = {
@@ -34,10 +35,10 @@ WIDE_CASES = {"1d-pad", "2d-transposed-dx-groups", "3d-wide"}
 def layout(request, monkeypatch):
     """Run a test with the layout the engine chooses, and again with the wide layout switched off."""
     if request.param == "exact":
-        monkeypatch.setattr(engine, "WIDE_MAX_OVERHEAD", 0.0)
-    engine.wide_layout.cache_clear()
+        monkeypatch.setattr(columns, "WIDE_MAX_OVERHEAD", 0.0)
+    columns.wide_layout.cache_clear()
     yield request.param
-    engine.wide_layout.cache_clear()
+    columns.wide_layout.cache_clear()
 
 
 def _geometry(case):

@@ -9,7 +9,8 @@ import pytest
 
 import xpconv
 from conftest import as_numpy
-from xpconv._engine import ConvGeometry, conv_backward, conv_forward
+from xpconv._columns import ConvGeometry
+from xpconv._engine import conv_backward, conv_forward
 
 # (x shape, weight shape, stride, padding, groups): batches of 5 split as 1+1+1+1+1 and 2+2+1
 LAYERS = {

@@ -12,7 +12,8 @@ from dataclasses import dataclass
 
 from array_api_compat import array_namespace, device
 
-from ._engine import DEFAULT_MAX_WORKSPACE_BYTES, ConvGeometry, conv_backward, conv_forward
+from ._columns import ConvGeometry
+from ._engine import DEFAULT_MAX_WORKSPACE_BYTES, conv_backward, conv_forward
 
 __all__ = [
     "conv1d", "conv2d", "conv3d",

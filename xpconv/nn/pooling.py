@@ -9,7 +9,7 @@ import math
 
 from array_api_compat import device
 
-from .._engine import ConvGeometry, col2im, im2col
+from .._columns import ConvGeometry, col2im, im2col
 from ..functional import _int_tuple, namespace_of
 from .module import Module
 
