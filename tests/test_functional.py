@@ -1,12 +1,15 @@
 """conv1d/2d/3d and their backward passes against the explicit-loop reference, on every backend."""
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import xpconv
+import xpconv._columns as columns
 from conftest import as_numpy
 from reference import conv_backward_reference, conv_reference, same_pads
 
@@ -67,8 +70,18 @@ def assert_close(actual, expected, rtol=1e-10):
 
 
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(cfg=conv_configs(), seed=st.integers(0, 2**16))
-def test_forward_and_gradients_match_reference(backend, cfg, seed):
+@given(cfg=conv_configs(), seed=st.integers(0, 2**16), wide_limit=st.sampled_from([0.0, 1.5, math.inf]))
+def test_forward_and_gradients_match_reference(backend, monkeypatch, cfg, seed, wide_limit):
+    """``wide_limit``: stride-1 columns never wide, wide as the engine chooses, or always wide."""
+    monkeypatch.setattr(columns, "WIDE_MAX_OVERHEAD", wide_limit)
+    columns.wide_layout.cache_clear()
+    try:
+        _check_against_reference(backend, cfg, seed)
+    finally:
+        columns.wide_layout.cache_clear()
+
+
+def _check_against_reference(backend, cfg, seed):
     rng = np.random.default_rng(seed)
     x = rng.standard_normal((cfg["n"], cfg["c"], *cfg["spatial"]))
     w = rng.standard_normal((cfg["o"], cfg["c"] // cfg["groups"], *cfg["kernel"]))
