@@ -125,14 +125,11 @@ class WideLayout:
         """Selects ``out`` from the grid."""
         return tuple(slice(0, o) for o in self.out)
 
-    @property
-    def has_extra_columns(self) -> bool:
-        """False when the grid is the output (1-D, or a kernel of width 1 on the trailing axes)."""
-        return self.grid != self.out
-
 
 def has_extra_columns(layout: WideLayout | None) -> bool:
-    return layout is not None and layout.has_extra_columns
+    """Whether a layout's grid holds columns beyond the output (not in 1-D, nor with a kernel of width 1
+    on the trailing axes, nor for im2col's exact layout, None)."""
+    return layout is not None and layout.grid != layout.out
 
 
 @lru_cache(maxsize=256)

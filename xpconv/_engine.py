@@ -95,9 +95,9 @@ def conv_backward(grad_output, x, weight, geom: ConvGeometry, *, cols=None, need
 
     dL/dW = sum over the batch of dY · colsᵀ, added one sample after the other: chunking
             the batch does not change a bit of it (NumPy sums axis 0 in order)
-    dL/dx = :func:`conv_backward_data`
+    dL/dx = :func:`conv_backward_data`; its fold of Wᵀ · dY is done in this loop, on the same chunk of dY
 
-    Workspace per chunk of dL/dW: cols (unless kept), dY in the columns' layout, per-sample dW.
+    Workspace per chunk: cols (unless kept), dY in the columns' layout, per-sample dW, dcols and their fold.
     """
     xp = array_namespace(grad_output, x, weight)
     n, c, *spatial = x.shape
@@ -105,11 +105,15 @@ def conv_backward(grad_output, x, weight, geom: ConvGeometry, *, cols=None, need
     out = tuple(grad_output.shape[2:])
     layout = wide_layout(geom, tuple(spatial))
     ck, length = (c // g) * math.prod(geom.kernel), _length(layout, out)
+    w3 = xp.reshape(weight, (g, o // g, ck))
+    transposed = _transposed_dx_geometry(geom, o, c)
+    fold = need_input_grad and transposed is None
     grad_input = None
     if need_input_grad:
-        grad_input = conv_backward_data(grad_output, weight, geom, spatial, max_workspace_bytes=max_workspace_bytes)
+        grad_input = (conv_backward_data(grad_output, weight, geom, spatial, max_workspace_bytes=max_workspace_bytes)
+                      if transposed is not None else xp.empty(x.shape, dtype=x.dtype, device=device(x)))
     per_sample = ((cols is None) * _cols_elements(geom, c, spatial, layout) + has_extra_columns(layout) * o * length
-                  + o * ck)
+                  + o * ck + fold * _fold_elements(geom, c, spatial, layout, length))
     chunks = _batch_chunks(n, _itemsize(x) * per_sample, max_workspace_bytes, _cache_sized_chunks(x, geom))
     grad_weight = None
     for sl in chunks:
@@ -120,6 +124,8 @@ def conv_backward(grad_output, x, weight, geom: ConvGeometry, *, cols=None, need
         if grad_weight is not None:
             partial[0, ...] += grad_weight
         grad_weight = xp.sum(partial, axis=0)
+        if fold:
+            grad_input[sl, ...] = _fold(_transposed_product(w3, dy), geom, layout, spatial)
         chunk_cols = partial = dy = None                               # freed before the next chunk's
     return grad_input, xp.reshape(xp.matrix_transpose(grad_weight), weight.shape)
 
@@ -128,24 +134,21 @@ def conv_backward_data(grad_output, weight, geom: ConvGeometry, spatial, *,
                        max_workspace_bytes=DEFAULT_MAX_WORKSPACE_BYTES):
     """dL/dx (N, C, *spatial) of y = conv(x, W) from dL/dy (N, O, *out): also a transposed convolution's forward.
 
-    conv(dY, flipped Wᵀ) for stride 1, O <= C and O/G <= 64 (measured faster there), else
-    fold(Wᵀ · dY), chunk by chunk.  Workspace per chunk: dY in the columns' layout, dcols, their fold.
+    conv(dY, flipped Wᵀ) where :func:`_transposed_dx_geometry` allows it, else fold(Wᵀ · dY), chunk by
+    chunk.  Workspace per chunk: dY in the columns' layout, dcols, their fold.
     """
     xp = array_namespace(grad_output, weight)
     n, o = grad_output.shape[:2]
     g = geom.groups
     c = weight.shape[1] * g
-    # The transposed convolution unfolds dY (O channels) instead of folding dcols (C channels); it pays
-    # where Wᵀ · dY is a thin GEMM (inner dimension O/G <= 64) and measured neutral to slower for wider ones.
-    transposed = _transposed_geometry(geom) if o // g <= TRANSPOSED_DX_MAX_CHANNELS and o <= c else None
+    transposed = _transposed_dx_geometry(geom, o, c)
     if transposed is not None:
         return conv_forward(grad_output, _transposed_weight(weight, g), None, transposed,
                             max_workspace_bytes=max_workspace_bytes)[0]
     layout = wide_layout(geom, tuple(spatial))
-    k, length = math.prod(geom.kernel), _length(layout, grad_output.shape[2:])
-    w3 = xp.reshape(weight, (g, o // g, (c // g) * k))
-    folded = math.prod(spatial if layout is None else layout.padded)
-    per_sample = (0 if geom.is_pointwise else c * (k * length + folded)) + has_extra_columns(layout) * o * length
+    length = _length(layout, grad_output.shape[2:])
+    w3 = xp.reshape(weight, (g, o // g, (c // g) * math.prod(geom.kernel)))
+    per_sample = _fold_elements(geom, c, spatial, layout, length) + has_extra_columns(layout) * o * length
     chunks = _batch_chunks(n, _itemsize(grad_output) * per_sample, max_workspace_bytes,
                            _cache_sized_chunks(grad_output, geom))
     grad_input = xp.empty((n, c, *spatial), dtype=grad_output.dtype, device=device(grad_output))
@@ -154,6 +157,23 @@ def conv_backward_data(grad_output, weight, geom: ConvGeometry, spatial, *,
         grad_input[sl, ...] = _fold(_transposed_product(w3, dy), geom, layout, spatial)
         dy = None                                                      # freed before the next chunk's
     return grad_input
+
+
+def _transposed_dx_geometry(geom: ConvGeometry, o: int, c: int) -> ConvGeometry | None:
+    """The geometry of dL/dx as conv(dY, flipped Wᵀ), where that is used: the transposed convolution
+    unfolds dY (O channels) instead of folding dcols (C channels); it pays where Wᵀ · dY is a thin GEMM
+    (O <= C, inner dimension O/G <= 64) and measured neutral to slower for wider ones."""
+    if o // geom.groups > TRANSPOSED_DX_MAX_CHANNELS or o > c:
+        return None
+    return _transposed_geometry(geom)
+
+
+def _fold_elements(geom: ConvGeometry, channels: int, spatial, layout: WideLayout | None, length: int) -> int:
+    """Elements the fold of Wᵀ · dY allocates per sample: dcols and the buffer they are added into."""
+    if geom.is_pointwise:
+        return 0
+    folded = math.prod(spatial if layout is None else layout.padded)
+    return channels * (math.prod(geom.kernel) * length + folded)
 
 
 def _length(layout: WideLayout | None, out) -> int:
