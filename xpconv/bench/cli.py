@@ -113,8 +113,8 @@ def run(args) -> int:
         print(f"skipped {name}: {reason}")
     gpu = env.get("gpu") or env.get("torch", {}).get("gpu")
     on_gpu = any(getattr(r, "on_gpu", False) for r in runners)
-    kernels = [f"{b['internal_api']} {b['architecture']} kernels" for b in env["blas"] if b.get("architecture")]
-    title = ", ".join([gpu if on_gpu and gpu else env["cpu"], f"{threads} threads", "float32", *kernels])
+    title = ", ".join([gpu if on_gpu and gpu else env["cpu"], f"{threads} threads", "float32",
+                       *report.kernel_names(env)])
     if args.json:
         report.write_json(args.json, {
             "environment": env,

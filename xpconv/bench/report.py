@@ -5,7 +5,7 @@ import json
 import sys
 from pathlib import Path
 
-__all__ = ["environment_line", "markdown_table", "summary_lines", "sweep_table", "write_json", "plot_suite", "plot_memory"]
+__all__ = ["environment_line", "kernel_names", "markdown_table", "summary_lines", "sweep_table", "write_json", "plot_suite", "plot_memory"]
 
 _MIB = 2**20
 
@@ -14,11 +14,20 @@ def _fmt(v, spec: str, none: str = "-") -> str:
     return none if v is None else format(v, spec)
 
 
+def _kernels(env):
+    """(BLAS pool, "<arch> kernels") for each pool that reports its kernel architecture (OpenBLAS does)."""
+    return [(b, f"{b['architecture']} kernels") for b in env.get("blas", []) if b.get("architecture")]
+
+
+def kernel_names(env) -> list[str]:
+    """Short names of the BLAS kernels in use, e.g. ["openblas Haswell kernels"], for plot titles."""
+    return [f"{b['internal_api']} {kernels}" for b, kernels in _kernels(env)]
+
+
 def environment_line(env) -> str:
     """What the figures depend on, in one line: CPU/GPU, threads, library versions, BLAS kernels."""
     versions = ", ".join(f"{k} {v}" for k, v in env["versions"].items())
-    blas = [f"{b['internal_api']} {b.get('version')} ({b['architecture']} kernels)"
-            for b in env.get("blas", []) if b.get("architecture")]
+    blas = [f"{b['internal_api']} {b.get('version')} ({kernels})" for b, kernels in _kernels(env)]
     pinned = {k: v for k, v in env.get("env", {}).items() if k.startswith("OPENBLAS_CORETYPE") and v}
     parts = [env["cpu"] + (f", GPU {env['gpu']}" if env.get("gpu") else ""), f"threads {env.get('threads')}",
              versions, *blas, *(f"{k}={v}" for k, v in pinned.items())]
