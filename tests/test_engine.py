@@ -9,8 +9,8 @@ from conftest import as_numpy
 from reference import conv_backward_reference, conv_reference
 import xpconv._columns as columns
 from xpconv._columns import ConvGeometry, col2im, conv_output_size, im2col, wide_col2im, wide_im2col, wide_layout
-from xpconv._engine import (CPU_CHUNK_BYTES, _batch_chunks, _transposed_geometry, _transposed_product, conv_backward,
-                            conv_forward)
+from xpconv._engine import (CPU_CHUNK_BYTES, _batch_chunks, _transposed_geometry, _transposed_product, _transposed_weight,
+                            conv_backward, conv_forward)
 
 # (x shape, kernel, stride, (lo, hi) padding, dilation, groups)
 CASES = {
@@ -221,6 +221,21 @@ def test_transposed_product_fast_path_matches_matmul(backend, rng, og):
     if backend.name == "numpy":
         assert np.array_equal(got, expected)
     np.testing.assert_allclose(as_numpy(got), as_numpy(expected), rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("o,cg,groups", [(4, 1, 4), (6, 2, 3), (4, 3, 1)])
+def test_transposed_weight_is_the_flipped_transpose_in_a_new_contiguous_array(rng, o, cg, groups):
+    """(O, C/G, kh, kw) -> (C, O/G, kh, kw) flipped, written with explicit loops; contiguous, so that NumPy's
+    matmul can hand it to BLAS (a depthwise weight's view had negative strides and took a slow loop)."""
+    w = rng.standard_normal((o, cg, 2, 3)).astype(np.float32)
+    got = _transposed_weight(w, groups)
+    expected = np.empty((groups * cg, o // groups, 2, 3), dtype=np.float32)
+    for g in range(groups):
+        for i in range(cg):
+            for j in range(o // groups):
+                expected[g * cg + i, j] = w[g * (o // groups) + j, i, ::-1, ::-1]
+    assert np.array_equal(got, expected)
+    assert got.flags.c_contiguous and not np.shares_memory(got, w)
 
 
 def test_pointwise_im2col_is_a_view_of_the_input():
