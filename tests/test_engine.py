@@ -10,7 +10,7 @@ from reference import conv_backward_reference, conv_reference
 import xpconv._columns as columns
 from xpconv._columns import ConvGeometry, col2im, conv_output_size, im2col, wide_col2im, wide_im2col, wide_layout
 from xpconv._engine import (CPU_CHUNK_BYTES, _batch_chunks, _transposed_geometry, _transposed_product, _transposed_weight,
-                            conv_backward, conv_forward)
+                            conv_backward, conv_backward_data, conv_forward)
 
 # (x shape, kernel, stride, (lo, hi) padding, dilation, groups)
 CASES = {
@@ -171,6 +171,45 @@ def test_forward_and_backward_match_the_loop_reference(backend, rng, name, keep_
     none, dw2 = conv_backward(dyb, xb, wb, geom, cols=cols, need_input_grad=False)
     assert none is None
     np.testing.assert_array_equal(as_numpy(dw2), as_numpy(dw))
+
+
+def _blas_compatible(a: np.ndarray) -> bool:
+    """Whether NumPy's matmul can hand this operand to BLAS: no negative strides, and unit steps along
+    one of its two matrix axes (a row- or column-major matrix, possibly a transposed view)."""
+    if any(s < 0 for s in a.strides):
+        return False
+    if a.ndim < 2 or 1 in a.shape[-2:]:
+        return True
+    rows, cols = a.strides[-2:]
+    return (cols == a.itemsize and rows >= a.itemsize * a.shape[-1]) or \
+           (rows == a.itemsize and cols >= a.itemsize * a.shape[-2])
+
+
+@pytest.mark.parametrize("per_group", [1, 2])
+@pytest.mark.parametrize("name", CASES)
+def test_every_numpy_matmul_operand_can_go_to_blas(rng, monkeypatch, name, per_group, layout):
+    """NumPy runs matmul on an operand BLAS cannot take (e.g. a flipped view) in its own loop, 5x slower
+    on the depthwise layer: every product of forward, backward and the transposed convolution gets
+    BLAS-ready operands (per_group=1 is depthwise-like: one output channel per group)."""
+    import array_api_compat.numpy as compat_numpy
+
+    seen = []
+
+    def recording_matmul(a, b, **kwargs):
+        seen.extend([a, b])
+        return np.matmul(a, b, **kwargs)
+
+    monkeypatch.setattr(compat_numpy, "matmul", recording_matmul)
+    shape, kernel, *_, groups = CASES[name]
+    geom = _geometry(CASES[name])
+    o = per_group * groups
+    x = rng.standard_normal(shape).astype(np.float32)
+    w = rng.standard_normal((o, shape[1] // groups, *kernel)).astype(np.float32)
+    dy = rng.standard_normal((shape[0], o, *geom.output_shape(shape[2:]))).astype(np.float32)
+    conv_backward(dy, x, w, geom, cols=conv_forward(x, w, None, geom, keep_cols=True)[1])
+    conv_backward_data(dy, w, geom, shape[2:], max_workspace_bytes=1)
+    assert seen
+    assert [(a.shape, a.strides) for a in seen if not _blas_compatible(a)] == []
 
 
 def test_float32_stays_float32(backend, rng):
