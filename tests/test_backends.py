@@ -104,6 +104,19 @@ def test_info_command_prints_backends(capsys):
     assert "numpy" in out and "array_api_strict" in out and "default backend" in out
 
 
+@pytest.mark.parametrize("coretype", [None, "Haswell"])
+def test_info_command_names_the_cpu_blas_and_a_pinned_kernel_type(capsys, monkeypatch, coretype):
+    pytest.importorskip("threadpoolctl")
+    if coretype is None:
+        monkeypatch.delenv("OPENBLAS_CORETYPE", raising=False)
+    else:
+        monkeypatch.setenv("OPENBLAS_CORETYPE", coretype)
+    assert main(["info"]) == 0
+    out = capsys.readouterr().out
+    assert "CPU BLAS: " in out and " kernels, " in out
+    assert ("OPENBLAS_CORETYPE=Haswell is set" in out) == (coretype is not None)
+
+
 def test_a_broken_install_is_not_reported_as_missing(monkeypatch):
     _fail_import(monkeypatch, "cupy", ImportError("libnvrtc.so.13: cannot open shared object file"))
     note = xpconv.available_backends()["cupy"]["note"]

@@ -26,11 +26,27 @@ def _info(args) -> int:
         usable = "yes" if e["usable"] else "no"
         detail = ", ".join(e["devices"]) + (f"  ({e['note']})" if e["note"] else "")
         print(f"{name:<18}{e['version'] or '-':<14}{usable:<8}{detail}")
+    _print_cpu_blas()
     if not report["cupy"]["usable"]:  # '--backend auto' looks at CuPy only
         print("\nNo usable CUDA GPU for CuPy: '--backend auto' falls back to NumPy on the CPU (with a warning).\n"
               "Check `nvidia-smi`. In Docker, the host needs the NVIDIA Container Toolkit and the container "
               "'--gpus all' (compose: a GPU reservation).")
     return 0
+
+
+def _print_cpu_blas() -> None:
+    """The BLAS libraries loaded (NumPy's, and torch's where imported), their kernels and threads."""
+    from .bench.environment import blas_pools, coretype_note
+
+    print()
+    pools = [p for p in blas_pools() if p.get("user_api") == "blas"]
+    for p in pools:
+        print(f"CPU BLAS: {p.get('internal_api')} {p.get('version')} ({p.get('prefix')}), "
+              f"{p.get('architecture') or 'unknown'} kernels, {p.get('num_threads')} threads")
+    if not pools:
+        print("CPU BLAS: unknown (pip install threadpoolctl to see it)")
+    if coretype_note():
+        print(coretype_note())
 
 
 def build_parser() -> argparse.ArgumentParser:

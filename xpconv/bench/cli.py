@@ -66,7 +66,7 @@ def run(args) -> int:
     from .._engine import DEFAULT_MAX_WORKSPACE_BYTES
     from . import report
     from .driver import make_runners, memory_sweep, run_suite, summarize
-    from .environment import collect_environment, set_tf32, set_threads
+    from .environment import collect_environment, coretype_note, set_tf32, set_threads
     from .suite import select_layers
 
     try:
@@ -87,9 +87,8 @@ def run(args) -> int:
     env = collect_environment()  # while the thread limits are in force
     env["threads"] = threads
     env["tf32"] = args.tf32
-    if os.environ.get("OPENBLAS_CORETYPE"):
-        print(f"note: OPENBLAS_CORETYPE={os.environ['OPENBLAS_CORETYPE']} is set: NumPy's OpenBLAS runs those kernels "
-              "whatever this CPU supports (see docs/benchmarks.md)", file=sys.stderr)
+    if coretype_note():
+        print(coretype_note(), file=sys.stderr)
     progress = not args.no_progress
     try:
         rows = run_suite(runners, layers, repeats=args.repeats, warmup=args.warmup, max_workspace_bytes=cap,

@@ -6,7 +6,7 @@ import platform
 import sys
 from datetime import datetime, timezone
 
-__all__ = ["set_threads", "set_tf32", "collect_environment"]
+__all__ = ["set_threads", "set_tf32", "collect_environment", "blas_pools", "coretype_note"]
 
 _ENV_VARS = ("CUPY_TF32", "OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS",
              "MKL_NUM_THREADS", "XPCONV_BACKEND")
@@ -47,7 +47,19 @@ def _cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
-def _blas_info() -> list[dict]:
+def coretype_note() -> str | None:
+    """A warning when ``OPENBLAS_CORETYPE`` pins NumPy's OpenBLAS kernels, else None."""
+    coretype = os.environ.get("OPENBLAS_CORETYPE")
+    if not coretype:
+        return None
+    return (f"note: OPENBLAS_CORETYPE={coretype} is set: NumPy's OpenBLAS runs those kernels whatever this CPU "
+            "supports, which can be much slower (Haswell ones: about half the GEMM speed on an AVX-512 CPU; "
+            "docs/benchmarks.md)")
+
+
+def blas_pools() -> list[dict]:
+    """The BLAS/OpenMP pools loaded in this process (threadpoolctl): library, version, kernels, threads;
+    empty when threadpoolctl is not installed."""
     try:
         from threadpoolctl import threadpool_info
     except ImportError:
@@ -72,7 +84,7 @@ def collect_environment() -> dict:
         "cpu_count": os.cpu_count(),
         "versions": {"xpconv": __version__, "numpy": numpy.__version__,
                      "array_api_compat": array_api_compat.__version__},
-        "blas": _blas_info(),
+        "blas": blas_pools(),
         "env": {k: os.environ.get(k) for k in _ENV_VARS},
     }
     torch = sys.modules.get("torch")
