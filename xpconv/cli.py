@@ -45,8 +45,8 @@ def _print_cpu_blas() -> None:
               f"{p.get('architecture') or 'unknown'} kernels, {p.get('num_threads')} threads")
     if not pools:
         print("CPU BLAS: unknown (pip install threadpoolctl to see it)")
-    if coretype_note():
-        print(coretype_note())
+    if note := coretype_note():
+        print(note)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -87,8 +87,8 @@ def run(args) -> int:
     env = collect_environment()  # while the thread limits are in force
     env["threads"] = threads
     env["tf32"] = args.tf32
-    if coretype_note():
-        print(coretype_note(), file=sys.stderr)
+    if note := coretype_note():
+        print(note, file=sys.stderr)
     progress = not args.no_progress
     try:
         rows = run_suite(runners, layers, repeats=args.repeats, warmup=args.warmup, max_workspace_bytes=cap,
