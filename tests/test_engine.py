@@ -36,9 +36,7 @@ def layout(request, monkeypatch):
     """Run a test with the layout the engine chooses, and again with the wide layout switched off."""
     if request.param == "exact":
         monkeypatch.setattr(columns, "WIDE_MAX_OVERHEAD", 0.0)
-    columns.wide_layout.cache_clear()
-    yield request.param
-    columns.wide_layout.cache_clear()
+    return request.param
 
 
 def _geometry(case):

@@ -74,11 +74,7 @@ def assert_close(actual, expected, rtol=1e-10):
 def test_forward_and_gradients_match_reference(backend, monkeypatch, cfg, seed, wide_limit):
     """``wide_limit``: stride-1 columns never wide, wide as the engine chooses, or always wide."""
     monkeypatch.setattr(columns, "WIDE_MAX_OVERHEAD", wide_limit)
-    columns.wide_layout.cache_clear()
-    try:
-        _check_against_reference(backend, cfg, seed)
-    finally:
-        columns.wide_layout.cache_clear()
+    _check_against_reference(backend, cfg, seed)
 
 
 def _check_against_reference(backend, cfg, seed):

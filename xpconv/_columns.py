@@ -132,16 +132,20 @@ def has_extra_columns(layout: WideLayout | None) -> bool:
     return layout is not None and layout.grid != layout.out
 
 
-@lru_cache(maxsize=256)
-def wide_layout(geom: ConvGeometry, spatial: tuple[int, ...]) -> WideLayout | None:
+def wide_layout(geom: ConvGeometry, spatial) -> WideLayout | None:
     """The wide layout for stride-1 convolutions that need an im2col, when the extra columns cost at
     most ``WIDE_MAX_OVERHEAD`` times the exact ones; else None (im2col's exact layout is used)."""
+    return _wide_layout(geom, tuple(spatial), WIDE_MAX_OVERHEAD)
+
+
+@lru_cache(maxsize=256)
+def _wide_layout(geom: ConvGeometry, spatial: tuple[int, ...], max_overhead: float) -> WideLayout | None:
     if geom.is_pointwise or any(s != 1 for s in geom.stride):
         return None
     padded = [s + lo + hi for s, (lo, hi) in zip(spatial, geom.padding)]
     out = geom.output_shape(spatial)
     grid = (out[0], *padded[1:])
-    if math.prod(grid) > WIDE_MAX_OVERHEAD * math.prod(out):
+    if math.prod(grid) > max_overhead * math.prod(out):
         return None
     strides = [math.prod(padded[d + 1:]) for d in range(geom.nd)]
     offsets = tuple(sum(k * d * s for k, d, s in zip(taps, geom.dilation, strides))

@@ -67,7 +67,7 @@ def conv_forward(x, weight, bias, geom: ConvGeometry, *, max_workspace_bytes=DEF
     n, c, *spatial = x.shape
     o, g = weight.shape[0], geom.groups
     out = geom.output_shape(spatial)
-    layout = wide_layout(geom, tuple(spatial))
+    layout = wide_layout(geom, spatial)
     w3 = xp.reshape(weight, (g, o // g, (c // g) * math.prod(geom.kernel)))   # (G, O/G, Cg*K)
     per_sample = _cols_elements(geom, c, spatial, layout) + o * _length(layout, out)
     chunks = _batch_chunks(n, _itemsize(x) * per_sample, max_workspace_bytes,
@@ -103,7 +103,7 @@ def conv_backward(grad_output, x, weight, geom: ConvGeometry, *, cols=None, need
     n, c, *spatial = x.shape
     o, g = weight.shape[0], geom.groups
     out = tuple(grad_output.shape[2:])
-    layout = wide_layout(geom, tuple(spatial))
+    layout = wide_layout(geom, spatial)
     ck, length = (c // g) * math.prod(geom.kernel), _length(layout, out)
     w3 = xp.reshape(weight, (g, o // g, ck))
     transposed = _transposed_dx_geometry(geom, o, c)
@@ -145,7 +145,7 @@ def conv_backward_data(grad_output, weight, geom: ConvGeometry, spatial, *,
     if transposed is not None:
         return conv_forward(grad_output, _transposed_weight(weight, g), None, transposed,
                             max_workspace_bytes=max_workspace_bytes)[0]
-    layout = wide_layout(geom, tuple(spatial))
+    layout = wide_layout(geom, spatial)
     length = _length(layout, grad_output.shape[2:])
     w3 = xp.reshape(weight, (g, o // g, (c // g) * math.prod(geom.kernel)))
     per_sample = _fold_elements(geom, c, spatial, layout, length) + has_extra_columns(layout) * o * length

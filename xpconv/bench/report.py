@@ -28,9 +28,9 @@ def environment_line(env) -> str:
     """What the figures depend on, in one line: CPU/GPU, threads, library versions, BLAS kernels."""
     versions = ", ".join(f"{k} {v}" for k, v in env["versions"].items())
     blas = [f"{b['internal_api']} {b.get('version')} ({kernels})" for b, kernels in _kernels(env)]
-    pinned = {k: v for k, v in env.get("env", {}).items() if k.startswith("OPENBLAS_CORETYPE") and v}
+    coretype = env.get("env", {}).get("OPENBLAS_CORETYPE")
     parts = [env["cpu"] + (f", GPU {env['gpu']}" if env.get("gpu") else ""), f"threads {env.get('threads')}",
-             versions, *blas, *(f"{k}={v}" for k, v in pinned.items())]
+             versions, *blas, *([f"OPENBLAS_CORETYPE={coretype}"] if coretype else [])]
     return "environment: " + "; ".join(parts)
 
 
