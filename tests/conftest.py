@@ -13,11 +13,11 @@ import os
 import numpy as np
 import pytest
 
-from xpconv.backends import _cuda_device_count, _torch_cuda_count, get_backend, to_numpy
+from xpconv.backends import cuda_device_count, get_backend, to_numpy, torch_cuda_device_count
 
 HAS_TORCH = importlib.util.find_spec("torch") is not None
-CUDA_COUNT = _cuda_device_count()
-TORCH_CUDA = HAS_TORCH and _torch_cuda_count() > 0
+CUDA_COUNT = cuda_device_count()
+TORCH_CUDA = HAS_TORCH and torch_cuda_device_count() > 0
 
 
 def _backend_params():
@@ -43,7 +43,7 @@ BACKENDS = _backend_params()
 if HAS_TORCH:
     import torch
 
-    # Tiny tensors: one thread avoids torch's thread-pool overhead on this shared 2-core machine.
+    # Tiny tensors: one thread avoids torch's thread-pool overhead, which dominates on few-core or shared CPUs.
     torch.set_num_threads(1)
 
 

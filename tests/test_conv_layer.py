@@ -88,7 +88,7 @@ def test_layer_moves_between_backends(rng):
 
 @pytest.mark.parametrize("kwargs, match", [
     (dict(in_channels=0, out_channels=2, kernel_size=3), "in_channels must be a positive int"),
-    (dict(in_channels=3, out_channels=2, kernel_size=(3, 3, 3)), "kernel_size must be a positive int or a tuple of 2"),
+    (dict(in_channels=3, out_channels=2, kernel_size=(3, 3, 3)), "kernel_size must be an int or a tuple of 2 ints"),
     (dict(in_channels=3, out_channels=6, kernel_size=3, groups=2), "groups=2 must divide in_channels=3"),
     (dict(in_channels=2, out_channels=2, kernel_size=3, padding="circular"), "padding must be an int"),
     (dict(in_channels=2, out_channels=2, kernel_size=3, dtype="float16"), "dtype must be 'float32' or 'float64'"),

@@ -8,9 +8,11 @@ import pytest
 from conftest import as_numpy
 from reference import conv_backward_reference, conv_reference
 import xpconv._columns as columns
-from xpconv._columns import ConvGeometry, col2im, conv_output_size, im2col, wide_col2im, wide_im2col, wide_layout
-from xpconv._engine import (CPU_CHUNK_BYTES, _batch_chunks, _transposed_geometry, _transposed_product, _transposed_weight,
-                            conv_backward, conv_backward_data, conv_forward)
+from xpconv._columns import WideLayout, col2im, column_layout, im2col, wide_col2im, wide_im2col
+from xpconv._engine import (batch_chunks, columns_grad, conv_backward, conv_backward_data, conv_forward,
+                            flipped_geometry, flipped_transposed_weight)
+from xpconv._geometry import ConvGeometry, conv_output_size
+from xpconv.backends import CPU_CHUNK_BYTES
 
 # (x shape, kernel, stride, (lo, hi) padding, dilation, groups)
 CASES = {
@@ -102,8 +104,10 @@ def test_im2col_and_col2im_leave_inputs_unchanged(rng):
 @pytest.mark.parametrize("name", CASES)
 def test_wide_layout_is_chosen_for_stride_1_im2col_geometries(name, layout):
     shape = CASES[name][0]
-    chosen = wide_layout(_geometry(CASES[name]), shape[2:])
-    assert (chosen is not None) == (name in WIDE_CASES and layout == "chosen")
+    chosen = column_layout(_geometry(CASES[name]), shape[2:])
+    assert isinstance(chosen, WideLayout) == (name in WIDE_CASES and layout == "chosen")
+    assert chosen.out == _geometry(CASES[name]).output_shape(shape[2:])
+    assert chosen.has_extra_columns == (chosen.grid != chosen.out)
 
 
 @pytest.mark.parametrize("spatial,kernel,padding,expected", [
@@ -116,23 +120,23 @@ def test_wide_layout_is_chosen_for_stride_1_im2col_geometries(name, layout):
 def test_wide_layout_limits_the_extra_columns(spatial, kernel, padding, expected):
     nd = len(spatial)
     geom = ConvGeometry(kernel, (1,) * nd, ((padding, padding),) * nd, (1,) * nd)
-    assert (wide_layout(geom, spatial) is not None) == expected
+    assert isinstance(column_layout(geom, spatial), WideLayout) == expected
 
 
 def _wide_case(name, rng):
     """(x shape, geometry, its wide layout, a random float64 x) for one of WIDE_CASES."""
     shape = CASES[name][0]
     geom = _geometry(CASES[name])
-    return shape, geom, wide_layout(geom, shape[2:]), rng.standard_normal(shape)
+    return shape, geom, column_layout(geom, shape[2:]), rng.standard_normal(shape)
 
 
 @pytest.mark.parametrize("name", sorted(WIDE_CASES))
 def test_wide_im2col_matches_explicit_loops_on_the_output_grid(backend, rng, name):
     """Wide columns hold the exact columns at the output positions of their grid (the rest is dropped)."""
     shape, geom, lay, x = _wide_case(name, rng)
-    cols = as_numpy(wide_im2col(backend.asarray(x, dtype="float64"), geom, lay))
+    cols = as_numpy(wide_im2col(backend.asarray(x, dtype="float64"), lay))
     assert cols.shape == (*shape[:2], len(lay.offsets), lay.length)
-    on_grid = cols.reshape(*shape[:2], *geom.kernel, *lay.grid)[(..., *lay.crop)]
+    on_grid = cols.reshape(*shape[:2], *geom.kernel, *lay.grid)[(..., *(slice(0, o) for o in lay.out))]
     np.testing.assert_array_equal(on_grid, _im2col_loops(x, geom))
 
 
@@ -141,8 +145,8 @@ def test_wide_col2im_is_the_adjoint_of_wide_im2col(backend, rng, name):
     shape, geom, lay, x = _wide_case(name, rng)
     c = rng.standard_normal((*shape[:2], len(lay.offsets), lay.length))
     xb, cb = backend.asarray(x, dtype="float64"), backend.asarray(c, dtype="float64")
-    lhs = np.sum(as_numpy(wide_im2col(xb, geom, lay)) * c)
-    folded = wide_col2im(cb, geom, lay, shape[2:])
+    lhs = np.sum(as_numpy(wide_im2col(xb, lay)) * c)
+    folded = wide_col2im(cb, lay)
     assert tuple(folded.shape) == shape
     np.testing.assert_allclose(lhs, np.sum(x * as_numpy(folded)), rtol=1e-12)
 
@@ -220,18 +224,18 @@ def test_float32_stays_float32(backend, rng):
     assert {a.dtype for a in (y, cols, dx, dw)} == {x.dtype}
 
 
-@pytest.mark.parametrize("cache_sized", [False, True])
+@pytest.mark.parametrize("cache_chunk_bytes", [None, CPU_CHUNK_BYTES])
 @pytest.mark.parametrize("n,per_sample,cap", [(10, 100, 250), (7, 100, 10_000), (5, 100, 1), (1, 10**9, 10),
                                               (9, 3, None), (40, 2**20, None), (40, 2**20, 2**30),
                                               (3, 9 * 2**20, 2**30)])
-def test_batch_chunks_cover_the_batch_in_order_under_the_cap(n, per_sample, cap, cache_sized):
-    chunks = _batch_chunks(n, per_sample, cap, cache_sized)
+def test_batch_chunks_cover_the_batch_in_order_under_the_cap(n, per_sample, cap, cache_chunk_bytes):
+    chunks = batch_chunks(n, per_sample, cap, cache_chunk_bytes)
     covered = [i for sl in chunks for i in range(sl.start, sl.stop)]
     assert covered == list(range(n))
     if cap is None:
         assert chunks == [slice(0, n)]
         return
-    limit = min(cap, CPU_CHUNK_BYTES if cache_sized else n * per_sample)
+    limit = min(cap, cache_chunk_bytes or n * per_sample)
     for sl in chunks:
         assert sl.stop - sl.start == 1 or (sl.stop - sl.start) * per_sample <= limit
     if n * per_sample <= limit:
@@ -240,19 +244,19 @@ def test_batch_chunks_cover_the_batch_in_order_under_the_cap(n, per_sample, cap,
         assert len(chunks) == -(-n // max(1, limit // per_sample))
 
 
-def test_transposed_geometry_exists_only_for_stride_1_within_the_kernel_reach():
+def test_flipped_geometry_exists_only_for_stride_1_within_the_kernel_reach():
     geom = ConvGeometry((3, 2), (1, 1), ((2, 1), (1, 0)), (2, 1))
-    assert _transposed_geometry(geom).padding == ((2, 3), (0, 1))
-    assert _transposed_geometry(ConvGeometry((3,), (2,), ((1, 1),), (1,))) is None
-    assert _transposed_geometry(ConvGeometry((3,), (1,), ((3, 0),), (1,))) is None
+    assert flipped_geometry(geom).padding == ((2, 3), (0, 1))
+    assert flipped_geometry(ConvGeometry((3,), (2,), ((1, 1),), (1,))) is None
+    assert flipped_geometry(ConvGeometry((3,), (1,), ((3, 0),), (1,))) is None
 
 
 @pytest.mark.parametrize("og", [1, 2])
-def test_transposed_product_fast_path_matches_matmul(backend, rng, og):
+def test_columns_grad_depthwise_fast_path_matches_matmul(backend, rng, og):
     """The depthwise shortcut (one output channel per group) gives matmul's result, bit for bit on NumPy."""
     w3 = backend.asarray(rng.standard_normal((4, og, 9)), dtype="float32")
     dy = backend.asarray(rng.standard_normal((3, 4, og, 10)), dtype="float32")
-    got = _transposed_product(w3, dy)
+    got = columns_grad(w3, dy)
     expected = backend.xp.matmul(backend.xp.matrix_transpose(w3), dy)
     assert tuple(got.shape) == (3, 4, 9, 10)
     if backend.name == "numpy":
@@ -261,11 +265,11 @@ def test_transposed_product_fast_path_matches_matmul(backend, rng, og):
 
 
 @pytest.mark.parametrize("o,cg,groups", [(4, 1, 4), (6, 2, 3), (4, 3, 1)])
-def test_transposed_weight_is_the_flipped_transpose_in_a_new_contiguous_array(rng, o, cg, groups):
+def test_flipped_transposed_weight_is_a_new_contiguous_array(rng, o, cg, groups):
     """(O, C/G, kh, kw) -> (C, O/G, kh, kw) flipped, written with explicit loops; contiguous, so that NumPy's
     matmul can hand it to BLAS (a depthwise weight's view had negative strides and took a slow loop)."""
     w = rng.standard_normal((o, cg, 2, 3)).astype(np.float32)
-    got = _transposed_weight(w, groups)
+    got = flipped_transposed_weight(w, groups)
     expected = np.empty((groups * cg, o // groups, 2, 3), dtype=np.float32)
     for g in range(groups):
         for i in range(cg):

@@ -18,7 +18,7 @@ from array_api_compat import device
 import xpconv
 from conftest import CUDA_COUNT, TORCH_CUDA, as_numpy, make_backend
 from xpconv import backends, functional as F, nn
-from xpconv.backends import _namespace_name
+from xpconv.backends import library_of
 from xpconv.cli import main
 
 NO_CUPY = "CuPy with a usable CUDA device is not available"
@@ -56,7 +56,7 @@ def no_host_copies(monkeypatch):
 
 def assert_on(a, ref, backend):
     """``a`` is an array of ``backend``'s library on the same device as ``ref`` (the input)."""
-    assert _namespace_name(a) == backend.name, f"expected a {backend.name} array, got {type(a).__name__}"
+    assert library_of(a) == backend.name, f"expected a {backend.name} array, got {type(a).__name__}"
     assert device(a) == device(ref) == backend.device
 
 
@@ -192,7 +192,7 @@ def test_auto_picks_cupy_without_warning_and_info_lists_the_gpu(capsys):
 
 # -- without a GPU (runs everywhere) ------------------------------------------------------------------
 def test_auto_without_gpu_falls_back_to_numpy_with_a_warning(monkeypatch):
-    monkeypatch.setattr(backends, "_cuda_device_count", lambda: 0)
+    monkeypatch.setattr(backends, "cuda_device_count", lambda: 0)
     with pytest.warns(RuntimeWarning, match="no usable CUDA device for CuPy, falling back to NumPy"):
         backend = xpconv.get_backend("auto")
     assert backend.name == "numpy" and backend.device == "cpu"
@@ -212,15 +212,15 @@ def test_cupy_not_installed_names_the_install_command(monkeypatch):
 
 
 def test_cupy_without_a_usable_device_says_so_and_names_the_install_command(monkeypatch):
-    monkeypatch.setattr(backends, "_import", lambda module, backend: object())  # CuPy "installed"
-    monkeypatch.setattr(backends, "_cuda_device_count", lambda: 0)
+    monkeypatch.setattr(backends, "_import", lambda name: object())  # CuPy "installed"
+    monkeypatch.setattr(backends, "cuda_device_count", lambda: 0)
     with pytest.raises(xpconv.BackendUnavailableError,
                        match=r'no CUDA device is usable.*pip install "xpconv\[cuda12\]"'):
         xpconv.get_backend("cupy")
 
 
 def test_info_without_gpu_explains_the_fallback_and_the_container_toolkit(monkeypatch, capsys):
-    monkeypatch.setattr(backends, "_cuda_device_count", lambda: 0)
+    monkeypatch.setattr(backends, "cuda_device_count", lambda: 0)
     assert main(["info"]) == 0
     out = capsys.readouterr().out
     cupy_row = next(line for line in out.splitlines() if line.startswith("cupy "))

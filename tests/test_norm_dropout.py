@@ -51,9 +51,11 @@ def test_dropout_extreme_p_and_bad_arguments(backend):
     x = backend.xp.ones((2, 3), dtype=backend.xp.float32, device=backend.device)
     np.testing.assert_array_equal(as_numpy(nn.Dropout(0.0, backend=backend)(x)), np.ones((2, 3)))
     np.testing.assert_array_equal(as_numpy(nn.Dropout(1.0, backend=backend)(x)), np.zeros((2, 3)))
-    for p in (-0.1, 1.5, "0.5"):
+    for p in (-0.1, 1.5, float("nan")):
         with pytest.raises(ValueError, match="dropout probability"):
             nn.Dropout(p)
+    with pytest.raises(TypeError, match="dropout probability"):
+        nn.Dropout("0.5")
     if backend.name != "numpy":
         with pytest.raises(ValueError, match="move the model"):
             nn.Dropout(0.5)(x)

@@ -12,7 +12,7 @@ from test_data import _mnist_arrays, _write_idx_dir
 from xpconv.cli import main
 from xpconv.data import load_dataset
 from xpconv.models import build_model, small_cnn
-from xpconv.train import evaluate, fit, make_optimizer, plot_curves
+from xpconv.training import History, evaluate, fit, make_optimizer, plot_curves
 
 _QUIET = dict(progress=False, log=lambda line: None)
 
@@ -42,9 +42,9 @@ def test_short_run_lowers_loss(backend, digits64):
 def test_same_seed_same_metrics(backend, digits64):
     runs = [_fit(backend, digits64, "adam", epochs=2, seed=3)[1] for _ in range(2)]
     for key in ("train_loss", "train_accuracy", "test_loss", "test_accuracy"):
-        assert runs[0][key] == runs[1][key], key
+        assert getattr(runs[0], key) == getattr(runs[1], key), key
     other = _fit(backend, digits64, "adam", epochs=2, seed=4)[1]
-    assert other["train_loss"] != runs[0]["train_loss"]
+    assert other.train_loss != runs[0].train_loss
 
 
 @pytest.mark.parametrize("optimizer", ["sgd", "adam"])
@@ -52,7 +52,7 @@ def test_first_steps_agree_across_backends(backend, digits64, optimizer):
     """Four float32 training steps from the same seed: every backend follows NumPy within float32 tolerance."""
     reference, ref_history = _fit("numpy", digits64, optimizer)
     model, history = _fit(backend, digits64, optimizer)
-    np.testing.assert_allclose(history["train_loss"], ref_history["train_loss"], rtol=1e-5)
+    np.testing.assert_allclose(history.train_loss, ref_history.train_loss, rtol=1e-5)
     for key, value in reference.state_dict().items():
         np.testing.assert_allclose(model.state_dict()[key], value, rtol=1e-4, atol=1e-5, err_msg=key)
 
@@ -126,4 +126,4 @@ def test_plot_without_matplotlib(monkeypatch, tmp_path):
     for name in ("matplotlib", "matplotlib.figure", "matplotlib.ticker"):
         monkeypatch.setitem(sys.modules, name, None)      # an import of any of them now fails
     with pytest.raises(ImportError, match=r'pip install "xpconv\[examples\]"'):
-        plot_curves({}, tmp_path / "x.png")
+        plot_curves(History(), tmp_path / "x.png")

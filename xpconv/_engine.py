@@ -9,13 +9,15 @@ Shapes (``nd`` spatial dims, ``K = prod(kernel)``, ``L = prod(out)``):
     cols    (N, C, *kernel, *out)   im2col's layout, viewed as (N, G, (C // G) * K, L) for the GEMM
     y       (N, O, *out)
 
-Stride-1 convolutions use "wide" columns instead (:class:`~xpconv._columns.WideLayout`): each
-kernel tap's block is one contiguous slice of the flattened, padded x, and the GEMM also computes
-outputs over the padding columns, which are then dropped.
+The columns come in one of two layouts (:mod:`xpconv._columns`): im2col's exact one, or for
+stride-1 convolutions "wide" columns, where each kernel tap's block is one contiguous slice of the
+flattened, padded x and the GEMM also computes outputs over the padding columns, which are then
+dropped.  The engine reads the same way for both: it asks the layout.
 
-The batch is processed in chunks whose workspace stays under ``max_workspace_bytes``
-(and, on the CPU, cache-sized); the results do not depend on the chunking, to the last
-bit on NumPy.  Measurements behind the choices: docs/benchmarks.md.
+The batch is processed in chunks whose workspace stays under ``max_workspace_bytes`` and, when
+the caller passes its backend's ``cache_chunk_bytes`` (the CPU's policy), under that too; the
+results do not depend on the chunking, to the last bit on NumPy.  The engine never inspects
+devices: the chunking policy is an argument.  Measurements behind the choices: docs/benchmarks.md.
 """
 from __future__ import annotations
 
@@ -24,73 +26,76 @@ from dataclasses import replace
 
 from array_api_compat import array_namespace, device
 
-from ._columns import (_ALL2, ConvGeometry, WideLayout, col2im, has_extra_columns, im2col, wide_col2im,
-                       wide_im2col, wide_layout)
+from ._columns import ExactLayout, WideLayout, column_layout
+from ._geometry import ConvGeometry
+
+__all__ = ["DEFAULT_MAX_WORKSPACE_BYTES", "batch_chunks", "conv_forward", "conv_backward", "conv_backward_data",
+           "columns_grad", "data_grad_geometry", "flipped_geometry", "flipped_transposed_weight"]
 
 DEFAULT_MAX_WORKSPACE_BYTES = 256 * 2**20
-CPU_CHUNK_BYTES = 8 * 2**20
-TRANSPOSED_DX_MAX_CHANNELS = 64
+FLIPPED_DX_MAX_CHANNELS = 64
 
 
-def _batch_chunks(n: int, bytes_per_sample: int, max_workspace_bytes: int | None, cache_sized: bool = False):
+def batch_chunks(n: int, bytes_per_sample: int, max_workspace_bytes: int | None,
+                 cache_chunk_bytes: int | None = None) -> list[slice]:
     """Slices over the batch so that one chunk's workspace stays under the cap (at least 1 sample).
 
-    ``None`` means no cap: the whole batch in one chunk.  Under a cap, with ``cache_sized``, a
-    chunk is also kept under ``CPU_CHUNK_BYTES`` (a single sample when one alone is larger): a workspace
-    that small stays in the caches and reuses heap pages, which measured faster than one big buffer even
-    though backward then redoes the im2col (see docs/benchmarks.md).
+    ``None`` means no cap: the whole batch in one chunk.  Under a cap, ``cache_chunk_bytes`` also
+    keeps a chunk under that size (a single sample when one alone is larger): on the CPU a workspace
+    that small stays in the caches and reuses heap pages, which measured faster than one big buffer
+    even though backward then redoes the im2col (see docs/benchmarks.md).
     """
     if max_workspace_bytes is None:
         return [slice(0, n)]
     budget = max_workspace_bytes
-    if cache_sized:
-        budget = min(budget, CPU_CHUNK_BYTES)
+    if cache_chunk_bytes is not None:
+        budget = min(budget, cache_chunk_bytes)
     step = max(1, min(n, budget // max(bytes_per_sample, 1)))
     return [slice(i, min(i + step, n)) for i in range(0, n, step)]
 
 
-def _cache_sized_chunks(x, geom: ConvGeometry) -> bool:
-    """Whether to prefer cache-sized chunks: on the CPU (not CUDA, where one big chunk means fewer
-    kernel launches), for convolutions that need an im2col (a pointwise one has nothing to keep hot)."""
-    return "cuda" not in str(device(x)).lower() and not geom.is_pointwise
+def _chunks(n: int, elements_per_sample: int, x, geom: ConvGeometry, max_workspace_bytes, cache_chunk_bytes):
+    """:func:`batch_chunks` for ``elements_per_sample`` elements of x's dtype; a pointwise convolution
+    (no im2col, so nothing to keep in the caches) ignores the cache-sized policy."""
+    itemsize = array_namespace(x).finfo(x.dtype).bits // 8
+    return batch_chunks(n, itemsize * elements_per_sample, max_workspace_bytes,
+                        None if geom.is_pointwise else cache_chunk_bytes)
 
 
 def conv_forward(x, weight, bias, geom: ConvGeometry, *, max_workspace_bytes=DEFAULT_MAX_WORKSPACE_BYTES,
-                 keep_cols: bool = False):
+                 cache_chunk_bytes: int | None = None, keep_cols: bool = False):
     """y = W · cols(x) + b, one batched GEMM per chunk of the batch.
 
-    Workspace per chunk: its columns and padded x (none for pointwise convolutions) and its GEMM result.
-    Returns ``(y, cols)``; ``cols``, the GEMM operand (N, G, (C // G) * K, L or the wide length), is
+    Workspace per chunk: its columns (none for pointwise convolutions) and its GEMM result.
+    Returns ``(y, cols)``; ``cols``, the GEMM operand (N, G, (C // G) * K, length), is
     returned only when ``keep_cols`` and the whole batch fit in one chunk, else None.
     """
     xp = array_namespace(x, weight)
     n, c, *spatial = x.shape
     o, g = weight.shape[0], geom.groups
-    out = geom.output_shape(spatial)
-    layout = wide_layout(geom, spatial)
-    w3 = xp.reshape(weight, (g, o // g, (c // g) * math.prod(geom.kernel)))   # (G, O/G, Cg*K)
-    per_sample = _cols_elements(geom, c, spatial, layout) + o * _length(layout, out)
-    chunks = _batch_chunks(n, _itemsize(x) * per_sample, max_workspace_bytes,
-                           _cache_sized_chunks(x, geom))
-    one_gemm = len(chunks) == 1 and not has_extra_columns(layout)
-    y = None if one_gemm else xp.empty((n, o, *out), dtype=x.dtype, device=device(x))
+    layout = column_layout(geom, spatial)
+    w3 = xp.reshape(weight, (g, o // g, (c // g) * layout.taps))               # (G, O/G, Cg*K)
+    per_sample = layout.columns_elements(c) + o * layout.length
+    chunks = _chunks(n, per_sample, x, geom, max_workspace_bytes, cache_chunk_bytes)
+    one_gemm = len(chunks) == 1 and not layout.has_extra_columns
+    y = None if one_gemm else xp.empty((n, o, *layout.out), dtype=x.dtype, device=device(x))
     cols = None
     for sl in chunks:
-        cols = _gemm_cols(x[sl, ...], geom, layout, out)              # (m, G, Cg*K, L)
-        yc = _outputs(xp.matmul(w3, cols), layout, out)                # (m, O, *out)
+        cols = _gemm_columns(x[sl, ...], layout, g)                           # (m, G, Cg*K, L)
+        yc = layout.outputs(xp.matmul(w3, cols))                              # (m, O, *out)
         if one_gemm:
             y = yc
         else:
             y[sl, ...] = yc
         if len(chunks) > 1:
-            cols = yc = None                                          # freed before the next chunk's
+            cols = yc = None                                                  # freed before the next chunk's
     if bias is not None:
         y += xp.reshape(bias, (1, o) + (1,) * geom.nd)
     return y, (cols if keep_cols and len(chunks) == 1 else None)
 
 
 def conv_backward(grad_output, x, weight, geom: ConvGeometry, *, cols=None, need_input_grad: bool = True,
-                  max_workspace_bytes=DEFAULT_MAX_WORKSPACE_BYTES):
+                  max_workspace_bytes=DEFAULT_MAX_WORKSPACE_BYTES, cache_chunk_bytes: int | None = None):
     """(dL/dx or None, dL/dW) for y = conv(x, W); ``cols`` is forward's GEMM operand when kept.
 
     dL/dW = sum over the batch of dY · colsᵀ, added one sample after the other: chunking
@@ -102,132 +107,82 @@ def conv_backward(grad_output, x, weight, geom: ConvGeometry, *, cols=None, need
     xp = array_namespace(grad_output, x, weight)
     n, c, *spatial = x.shape
     o, g = weight.shape[0], geom.groups
-    out = tuple(grad_output.shape[2:])
-    layout = wide_layout(geom, spatial)
-    ck, length = (c // g) * math.prod(geom.kernel), _length(layout, out)
+    layout = column_layout(geom, spatial)
+    ck = (c // g) * layout.taps
     w3 = xp.reshape(weight, (g, o // g, ck))
-    transposed = _transposed_dx_geometry(geom, o, c)
-    fold = need_input_grad and transposed is None
+    as_conv = data_grad_geometry(geom, o, c) is not None
+    fold_here = need_input_grad and not as_conv
     grad_input = None
-    if need_input_grad:
-        grad_input = (conv_backward_data(grad_output, weight, geom, spatial, max_workspace_bytes=max_workspace_bytes)
-                      if transposed is not None else xp.empty(x.shape, dtype=x.dtype, device=device(x)))
-    per_sample = ((cols is None) * _cols_elements(geom, c, spatial, layout) + has_extra_columns(layout) * o * length
-                  + o * ck + fold * _fold_elements(geom, c, spatial, layout, length))
-    chunks = _batch_chunks(n, _itemsize(x) * per_sample, max_workspace_bytes, _cache_sized_chunks(x, geom))
+    if need_input_grad and as_conv:
+        grad_input = conv_backward_data(grad_output, weight, geom, spatial, max_workspace_bytes=max_workspace_bytes,
+                                        cache_chunk_bytes=cache_chunk_bytes)
+    elif fold_here:
+        grad_input = xp.empty(x.shape, dtype=x.dtype, device=device(x))
+    per_sample = o * ck                                                       # this sample's dW
+    if cols is None:
+        per_sample += layout.columns_elements(c)
+    if layout.has_extra_columns:
+        per_sample += o * layout.length                                       # dY widened to the grid
+    if fold_here:
+        per_sample += layout.fold_elements(c)
+    chunks = _chunks(n, per_sample, x, geom, max_workspace_bytes, cache_chunk_bytes)
     grad_weight = None
     for sl in chunks:
-        chunk_cols = _gemm_cols(x[sl, ...], geom, layout, out) if cols is None else cols[sl, ...]
-        dy = _output_columns(grad_output[sl, ...], layout, g)          # (m, G, O/G, L)
+        chunk_cols = _gemm_columns(x[sl, ...], layout, g) if cols is None else cols[sl, ...]
+        dy = layout.output_columns(grad_output[sl, ...], g)                  # (m, G, O/G, L)
         # dWᵀ = cols · dYᵀ: measured 1.4x faster than dY · colsᵀ with OpenBLAS's AVX-512 kernels
-        partial = xp.matmul(chunk_cols, xp.matrix_transpose(dy))      # (m, G, Cg*K, O/G)
+        partial = xp.matmul(chunk_cols, xp.matrix_transpose(dy))             # (m, G, Cg*K, O/G)
         if grad_weight is not None:
             partial[0, ...] += grad_weight
         grad_weight = xp.sum(partial, axis=0)
-        if fold:
-            grad_input[sl, ...] = _fold(_transposed_product(w3, dy), geom, layout, spatial)
-        chunk_cols = partial = dy = None                               # freed before the next chunk's
+        if fold_here:
+            grad_input[sl, ...] = _fold(columns_grad(w3, dy), layout)
+        chunk_cols = partial = dy = None                                      # freed before the next chunk's
     return grad_input, xp.reshape(xp.matrix_transpose(grad_weight), weight.shape)
 
 
 def conv_backward_data(grad_output, weight, geom: ConvGeometry, spatial, *,
-                       max_workspace_bytes=DEFAULT_MAX_WORKSPACE_BYTES):
+                       max_workspace_bytes=DEFAULT_MAX_WORKSPACE_BYTES, cache_chunk_bytes: int | None = None):
     """dL/dx (N, C, *spatial) of y = conv(x, W) from dL/dy (N, O, *out): also a transposed convolution's forward.
 
-    conv(dY, flipped Wᵀ) where :func:`_transposed_dx_geometry` allows it, else fold(Wᵀ · dY), chunk by
+    conv(dY, flipped Wᵀ) where :func:`data_grad_geometry` allows it, else fold(Wᵀ · dY), chunk by
     chunk.  Workspace per chunk: dY in the columns' layout, dcols, their fold.
     """
     xp = array_namespace(grad_output, weight)
     n, o = grad_output.shape[:2]
     g = geom.groups
     c = weight.shape[1] * g
-    transposed = _transposed_dx_geometry(geom, o, c)
-    if transposed is not None:
-        return conv_forward(grad_output, _transposed_weight(weight, g), None, transposed,
-                            max_workspace_bytes=max_workspace_bytes)[0]
-    layout = wide_layout(geom, spatial)
-    length = _length(layout, grad_output.shape[2:])
-    w3 = xp.reshape(weight, (g, o // g, (c // g) * math.prod(geom.kernel)))
-    per_sample = _fold_elements(geom, c, spatial, layout, length) + has_extra_columns(layout) * o * length
-    chunks = _batch_chunks(n, _itemsize(grad_output) * per_sample, max_workspace_bytes,
-                           _cache_sized_chunks(grad_output, geom))
+    as_conv = data_grad_geometry(geom, o, c)
+    if as_conv is not None:
+        return conv_forward(grad_output, flipped_transposed_weight(weight, g), None, as_conv,
+                            max_workspace_bytes=max_workspace_bytes, cache_chunk_bytes=cache_chunk_bytes)[0]
+    layout = column_layout(geom, spatial)
+    w3 = xp.reshape(weight, (g, o // g, (c // g) * layout.taps))
+    per_sample = layout.fold_elements(c)
+    if layout.has_extra_columns:
+        per_sample += o * layout.length
+    chunks = _chunks(n, per_sample, grad_output, geom, max_workspace_bytes, cache_chunk_bytes)
     grad_input = xp.empty((n, c, *spatial), dtype=grad_output.dtype, device=device(grad_output))
     for sl in chunks:
-        dy = _output_columns(grad_output[sl, ...], layout, g)          # (m, G, O/G, L)
-        grad_input[sl, ...] = _fold(_transposed_product(w3, dy), geom, layout, spatial)
-        dy = None                                                      # freed before the next chunk's
+        dy = layout.output_columns(grad_output[sl, ...], g)                  # (m, G, O/G, L)
+        grad_input[sl, ...] = _fold(columns_grad(w3, dy), layout)
+        dy = None                                                             # freed before the next chunk's
     return grad_input
 
 
-def _transposed_dx_geometry(geom: ConvGeometry, o: int, c: int) -> ConvGeometry | None:
-    """The geometry of dL/dx as conv(dY, flipped Wᵀ), where that is used: the transposed convolution
-    unfolds dY (O channels) instead of folding dcols (C channels); it pays where Wᵀ · dY is a thin GEMM
-    (O <= C, inner dimension O/G <= 64) and measured neutral to slower for wider ones."""
-    if o // geom.groups > TRANSPOSED_DX_MAX_CHANNELS or o > c:
+def data_grad_geometry(geom: ConvGeometry, o: int, c: int) -> ConvGeometry | None:
+    """The geometry of dL/dx computed as conv(dY, flipped Wᵀ), where that is used, else None.
+
+    That convolution unfolds dY (O channels) instead of folding dcols (C channels); it pays where
+    Wᵀ · dY is a thin GEMM (O <= C, inner dimension O/G <= 64) and measured neutral to slower for wider ones.
+    """
+    if o // geom.groups > FLIPPED_DX_MAX_CHANNELS or o > c:
         return None
-    return _transposed_geometry(geom)
+    return flipped_geometry(geom)
 
 
-def _fold_elements(geom: ConvGeometry, channels: int, spatial, layout: WideLayout | None, length: int) -> int:
-    """Elements the fold of Wᵀ · dY allocates per sample: dcols and the buffer they are added into."""
-    if geom.is_pointwise:
-        return 0
-    folded = math.prod(spatial if layout is None else layout.padded)
-    return channels * (math.prod(geom.kernel) * length + folded)
-
-
-def _length(layout: WideLayout | None, out) -> int:
-    """Columns per sample of the GEMM: the wide length, or prod(out)."""
-    return math.prod(out) if layout is None else layout.length
-
-
-def _cols_elements(geom: ConvGeometry, channels: int, spatial, layout: WideLayout | None) -> int:
-    """Elements :func:`_gemm_cols` allocates per sample."""
-    if layout is None:
-        return geom.im2col_elements(channels, spatial)
-    return channels * (len(layout.offsets) * layout.length + math.prod(layout.padded))
-
-
-def _gemm_cols(x, geom: ConvGeometry, layout: WideLayout | None, out):
-    """The GEMM operand for x (m, C, *spatial): columns viewed as (m, G, (C // G) * K, L)."""
-    xp = array_namespace(x)
-    cols = im2col(x, geom) if layout is None else wide_im2col(x, geom, layout)
-    m, c, g = x.shape[0], x.shape[1], geom.groups
-    return xp.reshape(cols, (m, g, (c // g) * math.prod(geom.kernel), _length(layout, out)))
-
-
-def _outputs(yc, layout: WideLayout | None, out):
-    """GEMM result (m, G, O/G, L) -> y (m, O, *out), dropping the wide layout's extra columns."""
-    xp = array_namespace(yc)
-    m, o = yc.shape[0], yc.shape[1] * yc.shape[2]
-    if not has_extra_columns(layout):
-        return xp.reshape(yc, (m, o, *out))
-    return xp.reshape(yc, (m, o, *layout.grid))[(*_ALL2, *layout.crop)]
-
-
-def _output_columns(dy, layout: WideLayout | None, groups: int):
-    """The adjoint of :func:`_outputs`: dY (m, O, *out) -> (m, G, O/G, L), zero on the extra columns."""
-    xp = array_namespace(dy)
-    m, o = dy.shape[:2]
-    if has_extra_columns(layout):
-        wide = xp.zeros((m, o, *layout.grid), dtype=dy.dtype, device=device(dy))
-        wide[(*_ALL2, *layout.crop)] = dy
-        dy = wide
-    return xp.reshape(dy, (m, groups, o // groups, _length(layout, dy.shape[2:])))
-
-
-def _fold(dcols, geom: ConvGeometry, layout: WideLayout | None, spatial):
-    """dcols (m, G, (C // G) * K, L) folded back to dL/dx (m, C, *spatial)."""
-    xp = array_namespace(dcols)
-    m, c = dcols.shape[0], dcols.shape[1] * dcols.shape[2] // math.prod(geom.kernel)
-    if layout is None:
-        out = geom.output_shape(spatial)
-        return col2im(xp.reshape(dcols, (m, c, *geom.kernel, *out)), geom, spatial)
-    return wide_col2im(xp.reshape(dcols, (m, c, len(layout.offsets), layout.length)), geom, layout, spatial)
-
-
-def _transposed_geometry(geom: ConvGeometry) -> ConvGeometry | None:
-    """Stride 1: the geometry of dL/dx = conv(dY, flipped Wᵀ), padded by dilation*(k-1) - padding;
+def flipped_geometry(geom: ConvGeometry) -> ConvGeometry | None:
+    """Stride 1: the geometry of conv(dY, flipped Wᵀ), padded by dilation*(k-1) - padding;
     None for other strides or when the padding exceeds the kernel's reach."""
     pads = tuple((d * (k - 1) - lo, d * (k - 1) - hi)
                  for k, d, (lo, hi) in zip(geom.kernel, geom.dilation, geom.padding))
@@ -236,7 +191,7 @@ def _transposed_geometry(geom: ConvGeometry) -> ConvGeometry | None:
     return replace(geom, padding=pads)
 
 
-def _transposed_weight(weight, groups: int):
+def flipped_transposed_weight(weight, groups: int):
     """(O, C/G, *kernel) -> (C, O/G, *kernel), flipped along every kernel axis; a new, contiguous array.
 
     The copy matters: with one output channel per group (depthwise) a reshaped view of the flipped
@@ -250,8 +205,8 @@ def _transposed_weight(weight, groups: int):
     return xp.reshape(w, (groups * cg, o // groups, *kernel), copy=True)
 
 
-def _transposed_product(w3, dy):
-    """Wᵀ · dY per group: w3 (G, O/G, Cg*K), dy (m, G, O/G, L) -> (m, G, Cg*K, L).
+def columns_grad(w3, dy):
+    """dcols = Wᵀ · dY per group: w3 (G, O/G, Cg*K), dy (m, G, O/G, L) -> (m, G, Cg*K, L).
 
     With one output channel per group (depthwise) each entry is a single product, so a
     broadcast multiply gives the same bits as matmul; on NumPy it measured ~4x faster.
@@ -262,6 +217,13 @@ def _transposed_product(w3, dy):
     return xp.matmul(xp.matrix_transpose(w3), dy)
 
 
-def _itemsize(x) -> int:
-    """Bytes per element of x's dtype, from the namespace's finfo (works on every backend)."""
-    return array_namespace(x).finfo(x.dtype).bits // 8
+def _gemm_columns(x, layout: ExactLayout | WideLayout, groups: int):
+    """The GEMM operand for x (m, C, *spatial): its columns viewed as (m, G, (C // G) * K, length)."""
+    m, c = x.shape[:2]
+    return array_namespace(x).reshape(layout.columns(x), (m, groups, (c // groups) * layout.taps, layout.length))
+
+
+def _fold(dcols, layout: ExactLayout | WideLayout):
+    """dcols (m, G, (C // G) * K, length) folded back to dL/dx (m, C, *spatial)."""
+    m, c = dcols.shape[0], dcols.shape[1] * dcols.shape[2] // layout.taps
+    return layout.fold(array_namespace(dcols).reshape(dcols, (m, c, layout.taps, layout.length)))

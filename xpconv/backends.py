@@ -1,38 +1,50 @@
-"""Backend names -> Array API namespaces and devices.
+"""Backends: an Array API namespace ``xp``, a device, and everything that differs between array libraries.
 
-A :class:`Backend` is resolved once, when a layer is built, and carries the
-namespace ``xp`` and the device that every array of that layer lives on.  This
-module is the only place in xpconv that knows the names of array libraries;
-the math below ``functional`` only ever sees ``xp``.
+A :class:`Backend` is resolved once, when a layer is built, and carries the namespace ``xp`` and the
+device that every array of that layer lives on, plus the behaviour that depends on the library: where
+arrays go (:meth:`Backend.asarray`), whether the device is a GPU, how the engine should chunk its
+work, how to wait for the device, time a call and measure its peak memory.  Each library is one small
+subclass that overrides only what differs.
+
+This module is the only place in xpconv that knows the names of array libraries: every other module
+asks a :class:`Backend` (or :func:`library_of`, which dispatches with array-api-compat's predicates).
 """
 from __future__ import annotations
 
+import gc
 import importlib
 import os
+import time
+import tracemalloc
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
+from array_api_compat import (array_namespace, is_array_api_obj, is_array_api_strict_namespace, is_cupy_array,
+                              is_numpy_array, is_torch_array)
 
 __all__ = [
     "Backend",
     "BackendUnavailableError",
     "BACKEND_NAMES",
+    "CPU_CHUNK_BYTES",
     "available_backends",
+    "cuda_device_count",
     "get_backend",
     "get_default_backend",
+    "gpu_name",
+    "library_of",
     "set_default_backend",
     "to_numpy",
+    "torch_cuda_device_count",
 ]
 
-BACKEND_NAMES = ("numpy", "cupy", "torch", "array_api_strict", "auto")
-_INSTALL_HINT = {
-    "numpy": 'pip install numpy',
-    "cupy": 'pip install "xpconv[cuda12]"  (or "xpconv[cuda13]" for CUDA 13 drivers)',
-    "torch": 'pip install torch  (see https://pytorch.org for the build that fits your machine)',
-    "array_api_strict": 'pip install array-api-strict  (or "xpconv[test]")',
-}
+# On the CPU the engine keeps each chunk of its workspace under this size: a workspace that small stays
+# in the caches and reuses heap pages, which measured faster than one big buffer (docs/benchmarks.md).
+CPU_CHUNK_BYTES = 8 * 2**20
+
 _default_name: str | None = None
 
 
@@ -40,42 +52,50 @@ class BackendUnavailableError(RuntimeError):
     """A backend was asked for that is not installed or has no usable device."""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, repr=False)
 class Backend:
-    """An Array API namespace ``xp`` plus the ``device`` arrays are put on."""
+    """An Array API namespace ``xp`` plus the ``device`` arrays are put on, and the library's behaviour.
 
-    name: str
+    Build one with :func:`get_backend` (by name) or :meth:`Backend.from_array` (from an array).
+    """
+
     xp: Any
     device: Any
 
+    name: ClassVar[str]
+    module: ClassVar[str]          # the library's import name
+    install_hint: ClassVar[str]
+
+    # -- what the device is ----------------------------------------------------------------------
+    @property
+    def is_gpu(self) -> bool:
+        """Whether arrays live on a GPU (a call returns before the work is done, copies cross a bus)."""
+        return False
+
+    @property
+    def device_name(self) -> str:
+        """A short name of the device: ``"cpu"``, ``"cuda:0"``, ..."""
+        return str(self.device)
+
+    @property
+    def cache_chunk_bytes(self) -> int | None:
+        """The engine's chunking policy: keep each chunk's workspace under this many bytes (cache-sized
+        chunks on the CPU), or None for one chunk as large as ``max_workspace_bytes`` allows (a GPU,
+        where fewer, larger chunks mean fewer kernel launches)."""
+        return None if self.is_gpu else CPU_CHUNK_BYTES
+
+    # -- arrays ------------------------------------------------------------------------------------
     def asarray(self, x, dtype=None):
         """``x`` (any array, list or scalar) as an array of this backend, on its device.
 
-        Arrays of another library go through host memory explicitly; this is
-        the one place where such a copy happens, and only when asked for.
+        Arrays of another library go through host memory explicitly; this is the one place where
+        such a copy happens, and only when asked for.
         """
-        if dtype is not None and isinstance(dtype, str):
+        if isinstance(dtype, str):
             dtype = self.dtype(dtype)
-        if _namespace_name(x) not in (None, self.name):
+        if library_of(x) not in (None, self.name):
             x = to_numpy(x)
-        if isinstance(x, np.ndarray) and self.name == "cupy":
-            import cupy
-
-            with cupy.cuda.Device(self.device.id):
-                return cupy.asarray(x, dtype=dtype)
         return self.xp.asarray(x, dtype=dtype, device=self.device)
-
-    def synchronize(self) -> None:
-        """Wait until the device has finished the work queued so far (CUDA); nothing to wait for on the CPU.
-
-        For timing: CuPy and torch return from a GPU call before the GPU is done.
-        """
-        if self.name == "cupy":
-            self.device.synchronize()
-        elif self.name == "torch" and self.device.type == "cuda":
-            import torch
-
-            torch.cuda.synchronize(self.device)
 
     def dtype(self, name):
         """The floating dtype called ``name`` ("float32"/"float64") in this namespace."""
@@ -85,29 +105,225 @@ class Backend:
             raise ValueError(f"dtype must be 'float32' or 'float64', got {name!r}")
         return getattr(self.xp, name)
 
+    @staticmethod
+    def to_numpy(x) -> np.ndarray:
+        """A host NumPy array of ``x``, an array of this library."""
+        return np.asarray(x)
+
+    # -- waiting, timing and measuring -------------------------------------------------------------
+    def synchronize(self) -> None:
+        """Wait until the device has finished the work queued so far; on the CPU there is nothing to wait for.
+
+        For timing: CuPy and torch return from a GPU call before the GPU is done.
+        """
+
+    def times(self, fn: Callable[[], object], repeats: int, warmup: int) -> list[float]:
+        """Seconds per call of ``fn`` after ``warmup`` untimed calls: wall clock here, device time on a GPU."""
+        for _ in range(warmup):
+            fn()
+        gc.collect()
+        times = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - start)
+        return times
+
+    @property
+    def measures_memory(self) -> bool:
+        """Whether :meth:`peak_bytes` can tell."""
+        return False
+
+    def peak_bytes(self, fn: Callable[[], object]) -> int | None:
+        """Peak bytes allocated on this device during one call of ``fn``, or None (without calling it) where
+        that cannot be told."""
+        return None
+
+    # -- construction ------------------------------------------------------------------------------
+    @staticmethod
+    def from_array(x) -> Backend:
+        """The backend (library and device) that array ``x`` belongs to; TypeError for non-arrays."""
+        name = library_of(x)
+        if name is None:
+            raise TypeError(f"expected an array of {', '.join(BACKEND_NAMES)}, got {type(x).__name__}")
+        cls = _CLASSES[name]
+        return cls(_compat_namespace(name), _device_of(x))
+
     def __repr__(self) -> str:
         return f"Backend({self.name!r}, device={self.device!r})"
 
 
-def _namespace_name(x) -> str | None:
-    """Short library name of array ``x`` ("numpy", "cupy", ...), or None for non-arrays."""
-    mod = type(x).__module__.split(".")[0]
-    return {"numpy": "numpy", "cupy": "cupy", "torch": "torch", "array_api_strict": "array_api_strict"}.get(mod)
+class NumpyBackend(Backend):
+    name, module = "numpy", "numpy"
+    install_hint = "pip install numpy"
+
+    @property
+    def measures_memory(self) -> bool:
+        return True
+
+    def peak_bytes(self, fn):
+        """NumPy reports its buffers to tracemalloc: the peak above what was allocated before the call."""
+        gc.collect()
+        tracemalloc.start()
+        try:
+            base = tracemalloc.get_traced_memory()[0]
+            tracemalloc.reset_peak()
+            fn()
+            return tracemalloc.get_traced_memory()[1] - base
+        finally:
+            tracemalloc.stop()
+
+
+class ArrayApiStrictBackend(Backend):
+    name, module = "array_api_strict", "array_api_strict"
+    install_hint = 'pip install array-api-strict  (or "xpconv[test]")'
+
+    @staticmethod
+    def to_numpy(x) -> np.ndarray:
+        return np.from_dlpack(x)
+
+
+class CupyBackend(Backend):
+    name, module = "cupy", "cupy"
+    install_hint = 'pip install "xpconv[cuda12]"  (or "xpconv[cuda13]" for CUDA 13 drivers)'
+
+    @property
+    def is_gpu(self) -> bool:
+        return True
+
+    @property
+    def device_name(self) -> str:
+        return f"cuda:{self.device.id}"
+
+    @staticmethod
+    def to_numpy(x) -> np.ndarray:
+        return x.get()
+
+    def synchronize(self) -> None:
+        self.device.synchronize()
+
+    def times(self, fn, repeats, warmup):
+        """GPU seconds per call, from CUDA events around each call (``cupyx.profiler.benchmark``)."""
+        from cupyx.profiler import benchmark
+
+        result = benchmark(fn, n_repeat=repeats, n_warmup=warmup, devices=(self.device.id,))
+        return [float(t) for t in result.gpu_times[0]]
+
+    @property
+    def measures_memory(self) -> bool:
+        return True
+
+    def peak_bytes(self, fn):
+        """Bytes CuPy's memory pool had to grow by during one call: the device-memory peak of ``fn``."""
+        import cupy
+
+        pool = cupy.get_default_memory_pool()
+        self.synchronize()
+        gc.collect()
+        pool.free_all_blocks()
+        base = pool.total_bytes()
+        with self.device:
+            fn()
+        self.synchronize()
+        return pool.total_bytes() - base
+
+
+class TorchBackend(Backend):
+    name, module = "torch", "torch"
+    install_hint = "pip install torch  (see https://pytorch.org for the build that fits your machine)"
+
+    @property
+    def is_gpu(self) -> bool:
+        return self.device.type == "cuda"
+
+    @staticmethod
+    def to_numpy(x) -> np.ndarray:
+        return x.detach().cpu().numpy()
+
+    def synchronize(self) -> None:
+        if self.is_gpu:
+            import torch
+
+            torch.cuda.synchronize(self.device)
+
+    def times(self, fn, repeats, warmup):
+        """Wall clock on the CPU; on CUDA, device seconds from a pair of events recorded around each call."""
+        if not self.is_gpu:
+            return super().times(fn, repeats, warmup)
+        import torch
+
+        with torch.cuda.device(self.device):
+            for _ in range(warmup):
+                fn()
+            self.synchronize()
+            pairs = []
+            for _ in range(repeats):
+                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                start.record()
+                fn()
+                end.record()
+                pairs.append((start, end))
+            self.synchronize()
+        return [s.elapsed_time(e) / 1e3 for s, e in pairs]
+
+    @property
+    def measures_memory(self) -> bool:
+        return self.is_gpu
+
+    def peak_bytes(self, fn):
+        """Peak CUDA bytes of torch's caching allocator on this device during one call (None on the CPU)."""
+        if not self.is_gpu:
+            return super().peak_bytes(fn)
+        import torch
+
+        self.synchronize()
+        gc.collect()
+        base = torch.cuda.memory_allocated(self.device)
+        torch.cuda.reset_peak_memory_stats(self.device)
+        fn()
+        self.synchronize()
+        return torch.cuda.max_memory_allocated(self.device) - base
+
+
+_CLASSES: dict[str, type[Backend]] = {cls.name: cls for cls in (NumpyBackend, CupyBackend, TorchBackend,
+                                                               ArrayApiStrictBackend)}
+BACKEND_NAMES = (*_CLASSES, "auto")
+
+
+def library_of(x) -> str | None:
+    """The backend name of array ``x``'s library ("numpy", "cupy", ...), or None for anything else."""
+    if is_numpy_array(x):
+        return "numpy"
+    if is_cupy_array(x):
+        return "cupy"
+    if is_torch_array(x):
+        return "torch"
+    if is_array_api_obj(x) and is_array_api_strict_namespace(array_namespace(x)):
+        return "array_api_strict"
+    return None
+
+
+def _compat_namespace(name: str):
+    """The Array API namespace xpconv uses for library ``name`` (array-api-compat's wrapper where there is one)."""
+    if name == "array_api_strict":
+        return importlib.import_module("array_api_strict")
+    return importlib.import_module(f"array_api_compat.{name}")
+
+
+def _device_of(x):
+    from array_api_compat import device
+
+    dev = device(x)
+    return "cpu" if library_of(x) == "numpy" else dev
 
 
 def to_numpy(x) -> np.ndarray:
     """A NumPy copy (or view, for NumPy input) of array ``x`` from any backend, on the host."""
-    name = _namespace_name(x)
-    if name == "cupy":
-        return x.get()
-    if name == "torch":
-        return x.detach().cpu().numpy()
-    if name == "array_api_strict":
-        return np.from_dlpack(x)
-    return np.asarray(x)
+    name = library_of(x)
+    return _CLASSES[name].to_numpy(x) if name else np.asarray(x)
 
 
-def _cuda_device_count() -> int:
+def cuda_device_count() -> int:
     """Number of CUDA devices CuPy can use; 0 (never an exception) without CuPy, driver or GPU."""
     try:
         import cupy
@@ -121,7 +337,8 @@ def _cuda_device_count() -> int:
         return 0
 
 
-def _torch_cuda_count() -> int:
+def torch_cuda_device_count() -> int:
+    """Number of CUDA devices torch can use; 0 (never an exception) without torch or GPU."""
     try:
         import torch
 
@@ -130,12 +347,12 @@ def _torch_cuda_count() -> int:
         return 0
 
 
-def _import(module: str, backend: str):
+def _import(name: str):
     try:
-        return importlib.import_module(module)
+        return importlib.import_module(_CLASSES[name].module)
     except ImportError as exc:
         raise BackendUnavailableError(
-            f"backend {backend!r} is not installed ({exc}); install it with: {_INSTALL_HINT[backend]}"
+            f"backend {name!r} is not installed ({exc}); install it with: {_CLASSES[name].install_hint}"
         ) from None
 
 
@@ -153,14 +370,24 @@ def _check_index(device, count: int, what: str) -> int:
 
 
 def _make(name: str, device) -> Backend:
+    if name not in _CLASSES:
+        raise ValueError(f"unknown backend {name!r}; valid backends are: {', '.join(BACKEND_NAMES)}")
+    lib = _import(name)
+    if name == "cupy":
+        count = cuda_device_count()
+        if count == 0:
+            raise BackendUnavailableError(
+                "backend 'cupy' is installed but no CUDA device is usable (no GPU, no driver, or a "
+                "CuPy build that does not match the driver). Check `nvidia-smi` and `xpconv info`; "
+                f"install the matching build with: {CupyBackend.install_hint}"
+            )
+        return CupyBackend(_compat_namespace(name), lib.cuda.Device(_check_index(device, count, "cupy")))
+    xp = _compat_namespace(name)
     if name == "numpy":
-        from array_api_compat import numpy as xp
-
         if device not in (None, "cpu"):
             raise ValueError(f"the numpy backend runs on 'cpu' only, got device={device!r}")
-        return Backend("numpy", xp, "cpu")
+        return NumpyBackend(xp, "cpu")
     if name == "array_api_strict":
-        xp = _import("array_api_strict", name)
         if device is None:
             device = xp.__array_namespace_info__().default_device()
         elif isinstance(device, str):
@@ -168,28 +395,14 @@ def _make(name: str, device) -> Backend:
             if device not in devices:
                 raise ValueError(f"array_api_strict device must be one of {sorted(devices)}, got {device!r}")
             device = devices[device]
-        return Backend(name, xp, device)
-    if name == "cupy":
-        cupy = _import("cupy", name)
-        count = _cuda_device_count()
-        if count == 0:
-            raise BackendUnavailableError(
-                "backend 'cupy' is installed but no CUDA device is usable (no GPU, no driver, or a "
-                "CuPy build that does not match the driver). Check `nvidia-smi` and `xpconv info`; "
-                f"install the matching build with: {_INSTALL_HINT['cupy']}"
-            )
-        from array_api_compat import cupy as xp
+        return ArrayApiStrictBackend(xp, device)
+    if device is None or str(device) == "cpu":
+        return TorchBackend(xp, lib.device("cpu"))
+    return TorchBackend(xp, lib.device("cuda", _check_index(device, torch_cuda_device_count(), "torch")))
 
-        return Backend(name, xp, cupy.cuda.Device(_check_index(device, count, "cupy")))
-    if name == "torch":
-        torch = _import("torch", name)
-        from array_api_compat import torch as xp
 
-        if device is None or str(device) == "cpu":
-            return Backend(name, xp, torch.device("cpu"))
-        index = _check_index(device, _torch_cuda_count(), "torch")
-        return Backend(name, xp, torch.device("cuda", index))
-    raise ValueError(f"unknown backend {name!r}; valid backends are: {', '.join(BACKEND_NAMES)}")
+def _normalize(name: str) -> str:
+    return name.lower().replace("-", "_")
 
 
 def get_backend(name: str | Backend | None = None, device=None) -> Backend:
@@ -205,9 +418,9 @@ def get_backend(name: str | Backend | None = None, device=None) -> Backend:
         name = get_default_backend()
     if not isinstance(name, str):
         raise TypeError(f"backend must be a name or a Backend, got {type(name).__name__}")
-    name = name.lower().replace("-", "_")
+    name = _normalize(name)
     if name == "auto":
-        if _cuda_device_count() > 0:
+        if cuda_device_count() > 0:
             return _make("cupy", device)
         warnings.warn("backend 'auto': no usable CUDA device for CuPy, falling back to NumPy on the CPU",
                       RuntimeWarning, stacklevel=2)
@@ -218,7 +431,7 @@ def get_backend(name: str | Backend | None = None, device=None) -> Backend:
 def get_default_backend() -> str:
     """The default backend name: :func:`set_default_backend`, else ``$XPCONV_BACKEND``, else "numpy"."""
     name = _default_name or os.environ.get("XPCONV_BACKEND") or "numpy"
-    if name.lower().replace("-", "_") not in BACKEND_NAMES:
+    if _normalize(name) not in BACKEND_NAMES:
         raise ValueError(f"XPCONV_BACKEND={name!r} is not a backend; valid backends are: {', '.join(BACKEND_NAMES)}")
     return name
 
@@ -226,7 +439,7 @@ def get_default_backend() -> str:
 def set_default_backend(name: str | None) -> None:
     """Set the backend used when none is given (``None`` restores ``$XPCONV_BACKEND``/"numpy")."""
     global _default_name
-    if name is not None and name.lower().replace("-", "_") not in BACKEND_NAMES:
+    if name is not None and _normalize(name) not in BACKEND_NAMES:
         raise ValueError(f"unknown backend {name!r}; valid backends are: {', '.join(BACKEND_NAMES)}")
     _default_name = name
 
@@ -238,28 +451,27 @@ def available_backends() -> dict[str, dict]:
     "devices": [str], "note": str}}`` for numpy, cupy, torch and array_api_strict.
     """
     report = {}
-    for name, module in (("numpy", "numpy"), ("cupy", "cupy"), ("torch", "torch"),
-                         ("array_api_strict", "array_api_strict")):
-        entry = {"installed": False, "usable": False, "version": None, "devices": [], "note": ""}
+    for name, cls in _CLASSES.items():
+        entry: dict[str, Any] = {"installed": False, "usable": False, "version": None, "devices": [], "note": ""}
         try:
-            mod = importlib.import_module(module)
+            mod = importlib.import_module(cls.module)
         except Exception as exc:
-            missing = isinstance(exc, ModuleNotFoundError) and exc.name == module
-            entry["note"] = f"not installed: {_INSTALL_HINT[name]}" if missing else f"installed but fails to import: {exc}"
+            missing = isinstance(exc, ModuleNotFoundError) and exc.name == cls.module
+            entry["note"] = f"not installed: {cls.install_hint}" if missing else f"installed but fails to import: {exc}"
             report[name] = entry
             continue
         entry["installed"] = True
         entry["version"] = getattr(mod, "__version__", None)
-        if name == "cupy":
-            count = _cuda_device_count()
+        if cls is CupyBackend:
+            count = cuda_device_count()
             entry["devices"] = [f"cuda:{i}" for i in range(count)]
             entry["usable"] = count > 0
             if count:
-                entry["note"] = ", ".join(_cupy_device_name(i) for i in range(count))
+                entry["note"] = ", ".join(gpu_name(i) for i in range(count))
             else:
                 entry["note"] = "no usable CUDA device (no GPU, no driver, or no NVIDIA container toolkit)"
-        elif name == "torch":
-            entry["devices"] = ["cpu"] + [f"cuda:{i}" for i in range(_torch_cuda_count())]
+        elif cls is TorchBackend:
+            entry["devices"] = ["cpu"] + [f"cuda:{i}" for i in range(torch_cuda_device_count())]
             entry["usable"] = True
         else:
             entry["devices"] = ["cpu"]
@@ -268,7 +480,8 @@ def available_backends() -> dict[str, dict]:
     return report
 
 
-def _cupy_device_name(index: int) -> str:
+def gpu_name(index: int) -> str:
+    """The marketing name of CUDA device ``index`` as CuPy reports it (``"cuda:N"`` when it cannot)."""
     try:
         import cupy
 

@@ -16,6 +16,7 @@ import numpy as np
 
 from .backends import get_backend, to_numpy
 from .io import read_npz
+from .validation import positive_int
 
 __all__ = ["Dataset", "DataLoader", "load_digits", "load_mnist", "read_idx", "load_dataset", "DATASETS"]
 
@@ -37,8 +38,7 @@ class Dataset(NamedTuple):
         """At most the first ``limit`` samples of each split; all of them for None."""
         if limit is None:
             return self
-        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
-            raise ValueError(f"limit must be a positive int, got {limit!r}")
+        limit = positive_int("limit", limit)
         return self._replace(x_train=self.x_train[:limit], y_train=self.y_train[:limit],
                              x_test=self.x_test[:limit], y_test=self.y_test[:limit])
 
@@ -61,8 +61,7 @@ class DataLoader:
             raise ValueError("cannot iterate over an empty data set")
         if not np.issubdtype(self.y.dtype, np.integer):
             raise TypeError(f"labels y must be integers, got dtype {self.y.dtype}")
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-            raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+        batch_size = positive_int("batch_size", batch_size)
         self.batch_size, self.shuffle, self.drop_last = batch_size, bool(shuffle), bool(drop_last)
         self.backend = get_backend(backend, device)
         self.dtype = self.backend.dtype(dtype)

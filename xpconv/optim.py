@@ -14,19 +14,9 @@ import math
 from array_api_compat import array_namespace
 
 from .nn.module import Parameter
+from .validation import check_real
 
 __all__ = ["Optimizer", "SGD", "Adam", "AdamW"]
-
-
-def _check(name: str, value, low: float, high: float = math.inf, high_open: bool = False) -> float:
-    """``value`` as a float in [low, high] (or [low, high)), else ValueError naming the hyper-parameter."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{name} must be a number, got {type(value).__name__}")
-    value = float(value)
-    if not (low <= value <= high) or (high_open and value == high):
-        interval = f"[{low}, {high})" if high_open else f"[{low}, {high}]"
-        raise ValueError(f"{name} must lie in {interval}, got {value}")
-    return value
 
 
 class Optimizer:
@@ -71,10 +61,10 @@ class SGD(Optimizer):
     def __init__(self, params, lr: float, momentum: float = 0.0, dampening: float = 0.0, nesterov: bool = False,
                  weight_decay: float = 0.0):
         super().__init__(params)
-        self.lr = _check("lr", lr, 0.0)
-        self.momentum = _check("momentum", momentum, 0.0)
-        self.dampening = _check("dampening", dampening, 0.0, 1.0)
-        self.weight_decay = _check("weight_decay", weight_decay, 0.0)
+        self.lr = check_real("lr", lr, 0.0)
+        self.momentum = check_real("momentum", momentum, 0.0)
+        self.dampening = check_real("dampening", dampening, 0.0, 1.0)
+        self.weight_decay = check_real("weight_decay", weight_decay, 0.0)
         self.nesterov = bool(nesterov)
         if self.nesterov and (self.momentum == 0 or self.dampening != 0):
             raise ValueError("nesterov=True needs momentum > 0 and dampening = 0")
@@ -101,12 +91,13 @@ class Adam(Optimizer):
     def __init__(self, params, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
                  weight_decay: float = 0.0, decoupled_weight_decay: bool = False):
         super().__init__(params)
-        self.lr = _check("lr", lr, 0.0)
+        self.lr = check_real("lr", lr, 0.0)
         if not isinstance(betas, (tuple, list)) or len(betas) != 2:
             raise ValueError(f"betas must be a pair (beta1, beta2), got {betas!r}")
-        self.betas = (_check("betas[0]", betas[0], 0.0, 1.0, True), _check("betas[1]", betas[1], 0.0, 1.0, True))
-        self.eps = _check("eps", eps, 0.0)
-        self.weight_decay = _check("weight_decay", weight_decay, 0.0)
+        self.betas = (check_real("betas[0]", betas[0], 0.0, 1.0, high_open=True),
+                      check_real("betas[1]", betas[1], 0.0, 1.0, high_open=True))
+        self.eps = check_real("eps", eps, 0.0)
+        self.weight_decay = check_real("weight_decay", weight_decay, 0.0)
         self.decoupled_weight_decay = bool(decoupled_weight_decay)
 
     def _update(self, xp, param, grad, state):

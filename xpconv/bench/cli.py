@@ -6,17 +6,11 @@ import os
 import sys
 from pathlib import Path
 
+from ..validation import cli_type, non_negative_int, positive_int
 from .runners import BACKEND_CHOICES
 from .suite import MEMORY_SWEEP_LAYER, QUICK, SUITE
 
 __all__ = ["register", "run"]
-
-
-def _positive(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
 
 
 def _backends(text: str) -> list[str]:
@@ -40,11 +34,11 @@ def register(subparsers) -> None:
                    help=f"all, quick ({','.join(QUICK)}), comma-separated names "
                         f"({', '.join(layer.name for layer in SUITE)}), or custom layers 'N,C,S,O,k,stride,pad"
                         "[,groups]' (S = 32, 32x32 or 16x16x16) separated by ';'")
-    p.add_argument("--repeats", type=_positive, default=5, help="timed calls per measurement (median; default 5)")
-    p.add_argument("--warmup", type=int, default=1, help="untimed calls first (default 1)")
-    p.add_argument("--threads", type=_positive, default=None,
+    p.add_argument("--repeats", type=cli_type(positive_int), default=5, help="timed calls per measurement (median; default 5)")
+    p.add_argument("--warmup", type=cli_type(non_negative_int), default=1, help="untimed calls first (default 1)")
+    p.add_argument("--threads", type=cli_type(positive_int), default=None,
                    help="BLAS/OpenMP threads (threadpoolctl) and torch.set_num_threads (default: all CPUs)")
-    p.add_argument("--max-workspace-bytes", type=int, default=None,
+    p.add_argument("--max-workspace-bytes", type=cli_type(positive_int), default=None,
                    help="im2col workspace cap given to xpconv (default: the library default, 256 MiB)")
     p.add_argument("--torch-device", default="cpu", help="device for the torch and torch-ref backends "
                                                          "(cpu or cuda; default cpu)")

@@ -2,11 +2,11 @@
 from __future__ import annotations
 
 import math
+import statistics
 import sys
 
 import numpy as np
 
-from . import timing
 from .runners import make_runner
 from .suite import MEMORY_SWEEP_BATCHES, MEMORY_SWEEP_LAYER, SUITE
 
@@ -38,17 +38,17 @@ def _bench_one(runner, layer, repeats, warmup, max_workspace_bytes, seed) -> dic
     row = {"layer": layer.name, "backend": runner.name, "device": runner.device}
     for part in ("forward", "backward", "step"):
         times = runner.times(getattr(case, part), repeats, warmup)
-        row[f"{part}_s"] = timing.median(times)
+        row[f"{part}_s"] = statistics.median(times)
         row[f"{part}_times"] = times
     m = _gemm_size(layer.flops)
-    gemm_s = timing.median(runner.times(runner.gemm(m, rng), repeats, warmup))
+    gemm_s = statistics.median(runner.times(runner.gemm(m, rng), repeats, warmup))
     row["gemm_m"] = m
     row["gemm_gflops"] = 2 * m**3 / gemm_s / 1e9
     row["forward_gflops"] = layer.flops / row["forward_s"] / 1e9
     row["backward_gflops"] = 2 * layer.flops / row["backward_s"] / 1e9
     row["step_gflops"] = 3 * layer.flops / row["step_s"] / 1e9
     row["gemm_ratio"] = row["step_gflops"] / row["gemm_gflops"]
-    shaped_s = timing.median(runner.times(runner.shaped_gemm(layer, rng), repeats, warmup))
+    shaped_s = statistics.median(runner.times(runner.shaped_gemm(layer, rng), repeats, warmup))
     row["shaped_gemm_gflops"] = layer.flops / shaped_s / 1e9
     row["shaped_gemm_ratio"] = row["step_gflops"] / row["shaped_gemm_gflops"]
     row["peak_workspace_bytes"] = runner.peak_bytes(case.step)
@@ -111,7 +111,7 @@ def memory_sweep(runners, max_workspace_bytes, *, repeats: int, warmup: int, see
     for runner, n, cap in tqdm(jobs, desc="memory sweep", unit="run", file=sys.stderr, disable=not progress):
         sized = base.with_batch(n)
         case = runner.case(sized, rng, cap)
-        step_s = timing.median(runner.times(case.step, repeats, warmup))
+        step_s = statistics.median(runner.times(case.step, repeats, warmup))
         rows.append({
             "backend": runner.name, "layer": base.name, "n": n, "max_workspace_bytes": cap,
             "peak_bytes": runner.peak_bytes(case.step), "step_s": step_s,

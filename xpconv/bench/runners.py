@@ -2,17 +2,20 @@
 
 Each :class:`Runner` builds, for a :class:`~xpconv.bench.suite.Layer`, three
 callables - forward, backward, forward+backward - that do what a training step
-of a conv layer does, and knows how to time and measure them on its device.
+of a conv layer does, and times and measures them through its
+:class:`~xpconv.backends.Backend` (wall clock on the CPU, device time on a GPU).
 """
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 
-from . import timing
+from .._geometry import make_geometry
+from .._ops import conv, conv_grads
+from ..backends import Backend, get_backend
 
 __all__ = ["BACKEND_CHOICES", "Case", "Runner", "make_runner"]
 
@@ -39,8 +42,19 @@ class Runner:
     """One backend under test (``name``) on one device: cases, a GEMM, a timer and a memory probe."""
 
     name: str
-    device: str
-    measures_memory = False
+    backend: Backend
+
+    @property
+    def device(self) -> str:
+        return self.backend.device_name
+
+    @property
+    def on_gpu(self) -> bool:
+        return self.backend.is_gpu
+
+    @property
+    def measures_memory(self) -> bool:
+        return self.backend.measures_memory
 
     def case(self, layer, rng, max_workspace_bytes) -> Case:
         raise NotImplementedError
@@ -59,60 +73,35 @@ class Runner:
         return lambda: a @ b
 
     def times(self, fn, repeats: int, warmup: int) -> list[float]:
-        return timing.wall_times(fn, repeats, warmup)
+        """Seconds per call of ``fn``: the backend's clock (CUDA events on a GPU)."""
+        return self.backend.times(fn, repeats, warmup)
 
     def peak_bytes(self, fn) -> int | None:
         """Peak bytes allocated during one call of ``fn``, or None where this backend cannot tell."""
-        return None
+        return self.backend.peak_bytes(fn)
 
     def _asarray(self, a):
-        raise NotImplementedError
+        return self.backend.asarray(a)
 
 
 class XpconvRunner(Runner):
     """xpconv's engine on a backend, called as the Conv layers call it (forward keeps its columns)."""
 
-    def __init__(self, name: str, torch_device: str):
-        from ..backends import get_backend
-
-        self.name = name
-        self.backend = get_backend(name, torch_device if name == "torch" else None)
-        self.device = str(self.backend.device)
-        self.on_gpu = name == "cupy" or self.device.startswith("cuda")
-        self.measures_memory = name == "numpy" or self.on_gpu
-
-    def _asarray(self, a):
-        return self.backend.asarray(a)
+    def __init__(self, backend: Backend):
+        self.name = backend.name
+        self.backend = backend
 
     def case(self, layer, rng, max_workspace_bytes) -> Case:
-        from ..functional import _backward, _forward
-
         x, w, b, dy = (self._asarray(a) for a in _inputs(layer, rng))
+        geom = make_geometry((layer.k,) * layer.nd, layer.stride, layer.pad, 1, layer.groups)
 
         def forward():
-            return _forward(layer.nd, x, w, b, layer.stride, layer.pad, 1, layer.groups, False,
-                            max_workspace_bytes, keep_cols=True)
+            return conv(x, w, b, geom, max_workspace_bytes=max_workspace_bytes, keep_cols=True)
 
         ctx = forward()[1]
         return Case(forward=forward,
-                    backward=lambda: _backward(ctx, dy, max_workspace_bytes),
-                    step=lambda: _backward(forward()[1], dy, max_workspace_bytes))
-
-    def times(self, fn, repeats, warmup):
-        if self.name == "cupy":
-            return timing.cupy_times(fn, repeats, warmup)
-        if self.on_gpu:
-            return timing.torch_cuda_times(fn, repeats, warmup)
-        return timing.wall_times(fn, repeats, warmup)
-
-    def peak_bytes(self, fn):
-        if self.name == "numpy":
-            return timing.tracemalloc_peak(fn)
-        if self.name == "cupy":
-            return timing.cupy_pool_peak(fn)
-        if self.on_gpu:
-            return timing.torch_cuda_peak(fn)
-        return None
+                    backward=lambda: conv_grads(ctx, dy, max_workspace_bytes=max_workspace_bytes),
+                    step=lambda: conv_grads(forward()[1], dy, max_workspace_bytes=max_workspace_bytes))
 
 
 class TorchRefRunner(Runner):
@@ -120,27 +109,20 @@ class TorchRefRunner(Runner):
 
     name = "torch-ref"
 
-    def __init__(self, torch_device: str):
+    def __init__(self, backend: Backend):
         import torch
 
         self.torch = torch
-        self.device = torch_device
-        self.on_gpu = torch_device.startswith("cuda")
-        if self.on_gpu and not torch.cuda.is_available():
-            raise RuntimeError("torch has no usable CUDA device")
-        self.measures_memory = self.on_gpu
-
-    def _asarray(self, a):
-        return self.torch.asarray(a, device=self.device)
+        self.backend = backend
 
     def case(self, layer, rng, max_workspace_bytes) -> Case:
-        conv = getattr(self.torch.nn.functional, f"conv{layer.nd}d")
+        torch_conv = getattr(self.torch.nn.functional, f"conv{layer.nd}d")
         x, w, b, dy = (self._asarray(a) for a in _inputs(layer, rng))
         for t in (x, w, b):
             t.requires_grad_(True)
 
         def forward():
-            return conv(x, w, b, stride=layer.stride, padding=layer.pad, groups=layer.groups)
+            return torch_conv(x, w, b, stride=layer.stride, padding=layer.pad, groups=layer.groups)
 
         y = forward()
         grad = self.torch.autograd.grad
@@ -148,19 +130,11 @@ class TorchRefRunner(Runner):
                     backward=lambda: grad(y, (x, w, b), dy, retain_graph=True),
                     step=lambda: grad(forward(), (x, w, b), dy))
 
-    def times(self, fn, repeats, warmup):
-        if self.on_gpu:
-            return timing.torch_cuda_times(fn, repeats, warmup)
-        return timing.wall_times(fn, repeats, warmup)
-
-    def peak_bytes(self, fn):
-        return timing.torch_cuda_peak(fn) if self.on_gpu else None
-
 
 def make_runner(name: str, torch_device: str = "cpu") -> Runner:
     """The runner for backend ``name``; raises (ImportError, RuntimeError, ...) when it cannot run here."""
     if name not in BACKEND_CHOICES:
         raise ValueError(f"unknown backend {name!r}; choose from {', '.join(BACKEND_CHOICES)}")
     if name == "torch-ref":
-        return TorchRefRunner(torch_device)
-    return XpconvRunner(name, torch_device)
+        return TorchRefRunner(get_backend("torch", torch_device))
+    return XpconvRunner(get_backend(name, torch_device if name == "torch" else None))

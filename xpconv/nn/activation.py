@@ -2,12 +2,13 @@
 from __future__ import annotations
 
 import math
-import numbers
 
 import numpy as np
 from array_api_compat import device
 
-from ..functional import namespace_of
+from .._ops import namespace_of
+from ..backends import library_of
+from ..validation import check_int, check_real
 from .module import Module
 
 __all__ = ["ReLU", "Flatten", "Dropout"]
@@ -41,7 +42,7 @@ class Flatten(Module):
 
     def __init__(self, start_dim: int = 1, end_dim: int = -1, *, backend=None, device=None, dtype="float32"):
         super().__init__(backend=backend, device=device, dtype=dtype)
-        self.start_dim, self.end_dim = start_dim, end_dim
+        self.start_dim, self.end_dim = check_int("start_dim", start_dim), check_int("end_dim", end_dim)
         self._shape = None
 
     def _clear_cache(self) -> None:
@@ -75,9 +76,7 @@ class Dropout(Module):
 
     def __init__(self, p: float = 0.5, *, backend=None, device=None, dtype="float32", seed=None):
         super().__init__(backend=backend, device=device, dtype=dtype)
-        if isinstance(p, bool) or not isinstance(p, numbers.Real) or not 0 <= p <= 1:
-            raise ValueError(f"dropout probability p must be in [0, 1], got {p!r}")
-        self.p = float(p)
+        self.p = check_real("dropout probability p", p, 0.0, 1.0)
         self.rng = np.random.default_rng(seed)
         self._mask = None
 
@@ -89,7 +88,7 @@ class Dropout(Module):
         if not self.training:
             return x
         if xp is not self.backend.xp or device(x) != self.backend.device:
-            raise ValueError(f"x is a {type(x).__module__.split('.')[0]} array on {device(x)!r} but this Dropout "
+            raise ValueError(f"x is a {library_of(x)} array on {device(x)!r} but this Dropout "
                              f"draws its masks on {self.backend}; move the model with .to(...)")
         keep = self.backend.asarray(self.rng.random(tuple(x.shape)) >= self.p)   # bool, x's shape
         self._mask = xp.astype(keep, x.dtype) * (1.0 / (1.0 - self.p) if self.p < 1 else 0.0)

@@ -1,11 +1,10 @@
 """BatchNorm2d: per-channel normalization over (N, H, W) with running statistics, as in PyTorch."""
 from __future__ import annotations
 
-import numbers
-
 import numpy as np
 
-from ..functional import namespace_of
+from .._ops import namespace_of
+from ..validation import check_real, positive_int, positive_real
 from .module import Module, Parameter
 
 __all__ = ["BatchNorm2d"]
@@ -24,13 +23,9 @@ class BatchNorm2d(Module):
     def __init__(self, num_features, eps=1e-5, momentum=0.1, affine=True, *, backend=None, device=None,
                  dtype="float32"):
         super().__init__(backend=backend, device=device, dtype=dtype)
-        if isinstance(num_features, bool) or not isinstance(num_features, numbers.Integral) or num_features < 1:
-            raise ValueError(f"num_features must be a positive int, got {num_features!r}")
-        if not (isinstance(eps, numbers.Real) and eps > 0):
-            raise ValueError(f"eps must be a positive number, got {eps!r}")
-        if not (isinstance(momentum, numbers.Real) and 0 <= momentum <= 1):
-            raise ValueError(f"momentum must be in [0, 1], got {momentum!r}")
-        self.num_features, self.eps, self.momentum, self.affine = int(num_features), float(eps), float(momentum), affine
+        self.num_features = positive_int("num_features", num_features)
+        self.eps, self.momentum = positive_real("eps", eps), check_real("momentum", momentum, 0.0, 1.0)
+        self.affine = bool(affine)
         c = self.num_features
         self.weight = Parameter(self.backend.asarray(np.ones(c), dtype=self.dtype)) if affine else None
         self.bias = Parameter(self.backend.asarray(np.zeros(c), dtype=self.dtype)) if affine else None
@@ -60,9 +55,9 @@ class BatchNorm2d(Module):
             centered = x - per_channel(mean)
             var = xp.mean(centered * centered, axis=_AXES)                  # (C,) biased
             m = self.momentum
-            self.register_buffer("running_mean", (1 - m) * self.running_mean + m * mean)
-            self.register_buffer("running_var", (1 - m) * self.running_var + (m * count / (count - 1)) * var)
-            self.register_buffer("num_batches_tracked", self.num_batches_tracked + 1)
+            self.running_mean = (1 - m) * self.running_mean + m * mean
+            self.running_var = (1 - m) * self.running_var + (m * count / (count - 1)) * var
+            self.num_batches_tracked = self.num_batches_tracked + 1
         else:
             centered, var = x - per_channel(self.running_mean), self.running_var
         inv_std = per_channel(1.0 / xp.sqrt(var + self.eps))                # (1, C, 1, 1)

@@ -3,9 +3,10 @@ from __future__ import annotations
 
 import math
 
-from .._engine import DEFAULT_MAX_WORKSPACE_BYTES
-from ..functional import _backward, _forward, make_geometry
-from .init import init_weight_and_bias, positive_int
+from .._geometry import make_geometry
+from .._ops import DEFAULT_MAX_WORKSPACE_BYTES, conv, conv_grads
+from ..validation import int_tuple, positive_int
+from .init import init_weight_and_bias
 from .module import Module
 
 __all__ = ["Conv1d", "Conv2d", "Conv3d"]
@@ -19,15 +20,13 @@ class _ConvNd(Module):
                  max_workspace_bytes=DEFAULT_MAX_WORKSPACE_BYTES):
         super().__init__(backend=backend, device=device, dtype=dtype)
         in_channels, out_channels = positive_int("in_channels", in_channels), positive_int("out_channels", out_channels)
-        kernel = (kernel_size,) * self.nd if isinstance(kernel_size, int) else tuple(kernel_size)
-        if len(kernel) != self.nd or any(not isinstance(k, int) or k < 1 for k in kernel):
-            raise ValueError(f"kernel_size must be a positive int or a tuple of {self.nd}, got {kernel_size!r}")
-        geom = make_geometry(kernel, stride, padding, dilation, groups)  # validates the hyper-parameters
-        if in_channels % geom.groups or out_channels % geom.groups:
+        kernel = int_tuple("kernel_size", kernel_size, self.nd, 1)
+        self.geometry = make_geometry(kernel, stride, padding, dilation, groups)   # validated once, kept
+        if in_channels % self.geometry.groups or out_channels % self.geometry.groups:
             raise ValueError(f"groups={groups} must divide in_channels={in_channels} and "
                              f"out_channels={out_channels}")
         self.in_channels, self.out_channels, self.kernel_size = in_channels, out_channels, kernel
-        self.stride, self.padding, self.dilation, self.groups = stride, padding, dilation, groups
+        self.stride, self.padding, self.dilation, self.groups = stride, padding, dilation, self.geometry.groups
         self.channels_last = channels_last
         self.max_workspace_bytes = max_workspace_bytes
         cg = in_channels // groups
@@ -40,9 +39,9 @@ class _ConvNd(Module):
 
     def forward(self, x):
         """y (N, O, *out) for x (N, C, *spatial) (channels-last layouts when built with channels_last)."""
-        y, ctx = _forward(self.nd, x, self.weight.data, None if self.bias is None else self.bias.data,
-                          self.stride, self.padding, self.dilation, self.groups, self.channels_last,
-                          self.max_workspace_bytes, keep_cols=self.training)
+        y, ctx = conv(x, self.weight.data, None if self.bias is None else self.bias.data, self.geometry,
+                      channels_last=self.channels_last, max_workspace_bytes=self.max_workspace_bytes,
+                      keep_cols=self.training)
         self._ctx = ctx if self.training else None
         return y
 
@@ -50,7 +49,7 @@ class _ConvNd(Module):
         """dL/dx for dL/dy; adds dL/dW and dL/db to ``weight.grad`` and ``bias.grad``."""
         ctx = self._need_cache(self._ctx)
         self._ctx = None
-        grad_x, grad_w, grad_b = _backward(ctx, grad_output, self.max_workspace_bytes)
+        grad_x, grad_w, grad_b = conv_grads(ctx, grad_output, max_workspace_bytes=self.max_workspace_bytes)
         self.weight.grad += grad_w
         if self.bias is not None:
             self.bias.grad += grad_b

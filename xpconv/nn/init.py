@@ -1,14 +1,13 @@
-"""PyTorch's default initialization and the argument checks shared by the layers with weights."""
+"""PyTorch's default initialization of the layers with weights."""
 from __future__ import annotations
 
 import math
-import numbers
 
 import numpy as np
 
 from .module import Module, Parameter
 
-__all__ = ["kaiming_uniform", "init_weight_and_bias", "positive_int"]
+__all__ = ["kaiming_uniform", "init_weight_and_bias"]
 
 
 def kaiming_uniform(rng: np.random.Generator, shape, fan_in: int) -> np.ndarray:
@@ -30,10 +29,3 @@ def init_weight_and_bias(module: Module, shape, fan_in: int, bias_size: int | No
     module.weight = Parameter(module.backend.asarray(w, dtype=module.dtype))
     module.bias = None if bias_size is None else Parameter(
         module.backend.asarray(kaiming_uniform(rng, (bias_size,), fan_in), dtype=module.dtype))
-
-
-def positive_int(name: str, value) -> int:
-    """``value`` as an int, or ValueError naming ``name`` when it is not a positive integer."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
-        raise ValueError(f"{name} must be a positive int, got {value!r}")
-    return int(value)

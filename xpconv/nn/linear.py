@@ -1,10 +1,9 @@
 """Fully connected layer ``y = x Wᵀ + b`` with weight (out_features, in_features), as in PyTorch."""
 from __future__ import annotations
 
-
-
-from ..functional import namespace_of
-from .init import init_weight_and_bias, positive_int
+from .._ops import namespace_of
+from ..validation import positive_int
+from .init import init_weight_and_bias
 from .module import Module
 
 __all__ = ["Linear"]

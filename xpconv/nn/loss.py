@@ -4,8 +4,8 @@ from __future__ import annotations
 import numpy as np
 from array_api_compat import array_namespace, device
 
-from ..backends import Backend, _namespace_name
-from ..functional import namespace_of
+from .._ops import namespace_of
+from ..backends import Backend, library_of
 
 __all__ = ["CrossEntropyLoss"]
 
@@ -53,18 +53,19 @@ class CrossEntropyLoss:
 def _labels_like(logits, labels, n: int, c: int):
     """Validated integer labels (N,) in the logits' namespace and device."""
     xp = array_namespace(logits)
-    if isinstance(labels, (list, tuple)) or (isinstance(labels, np.ndarray) and _namespace_name(logits) != "numpy"):
+    backend = Backend.from_array(logits)
+    if isinstance(labels, (list, tuple)) or (isinstance(labels, np.ndarray) and library_of(labels) != backend.name):
         labels = np.asarray(labels)
         if labels.dtype.kind not in "iu":
             raise TypeError(f"labels must be integers (class indices), got dtype {labels.dtype}")
-        labels = Backend(_namespace_name(logits), xp, device(logits)).asarray(labels)
+        labels = backend.asarray(labels)
     try:
         lxp = array_namespace(labels)
     except TypeError:
         raise TypeError(f"labels must be an integer array or a list, got {type(labels).__name__}") from None
     if lxp is not xp:
-        raise TypeError(f"labels come from {type(labels).__module__.split('.')[0]} but logits from "
-                        f"{type(logits).__module__.split('.')[0]}; pass labels of the same library or NumPy")
+        raise TypeError(f"labels come from {library_of(labels) or type(labels).__module__.split('.')[0]} but logits "
+                        f"from {backend.name}; pass labels of the same library or NumPy")
     if not xp.isdtype(labels.dtype, "integral"):
         raise TypeError(f"labels must be integers (class indices), got dtype {labels.dtype}")
     if tuple(labels.shape) != (n,):

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import numpy as np
+from array_api_compat import array_namespace
 
 from ..backends import Backend, get_backend, to_numpy
 
@@ -21,8 +22,7 @@ class Parameter:
 
     def __init__(self, data):
         self.data = data
-        xp = _xp_of(data)
-        self.grad = xp.zeros_like(data)
+        self.grad = array_namespace(data).zeros_like(data)
 
     @property
     def shape(self):
@@ -30,12 +30,6 @@ class Parameter:
 
     def __repr__(self) -> str:
         return f"Parameter(shape={self.shape}, dtype={self.data.dtype})"
-
-
-def _xp_of(a):
-    from array_api_compat import array_namespace
-
-    return array_namespace(a)
 
 
 class Module:
@@ -56,6 +50,12 @@ class Module:
         return self.backend.dtype(self.dtype_name)
 
     def __setattr__(self, name, value):
+        """Register Parameters and Modules by assignment; assigning to a buffer's name keeps it a buffer
+        (as in PyTorch), so ``bn.running_mean = new`` stays in ``state_dict()``."""
+        buffers = self.__dict__.get("_buffers", {})
+        if name in buffers and not isinstance(value, (Parameter, Module)):
+            object.__setattr__(self, name, value)
+            return
         for registry in ("_parameters", "_buffers", "_modules"):
             self.__dict__.get(registry, {}).pop(name, None)
         if isinstance(value, Parameter):
@@ -104,7 +104,7 @@ class Module:
 
     def zero_grad(self) -> None:
         for p in self.parameters():
-            p.grad = _xp_of(p.data).zeros_like(p.data)
+            p.grad = array_namespace(p.data).zeros_like(p.data)
 
     def train(self, mode: bool = True) -> Module:
         for m in self.modules():

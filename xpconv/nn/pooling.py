@@ -9,8 +9,9 @@ import math
 
 from array_api_compat import device
 
-from .._columns import ConvGeometry, col2im, im2col
-from ..functional import _int_tuple, namespace_of
+from .._geometry import ConvGeometry
+from .._ops import fold, namespace_of, unfold
+from ..validation import int_tuple
 from .module import Module
 
 __all__ = ["MaxPool2d", "AvgPool2d"]
@@ -19,13 +20,13 @@ __all__ = ["MaxPool2d", "AvgPool2d"]
 class _Pool2d(Module):
     def __init__(self, kernel_size, stride=None, padding=0, *, backend=None, device=None, dtype="float32"):
         super().__init__(backend=backend, device=device, dtype=dtype)
-        kernel = _int_tuple(kernel_size, 2, "kernel_size", 1)
-        stride = kernel if stride is None else _int_tuple(stride, 2, "stride", 1)
-        padding = _int_tuple(padding, 2, "padding", 0)
+        kernel = int_tuple("kernel_size", kernel_size, 2, 1)
+        stride = kernel if stride is None else int_tuple("stride", stride, 2, 1)
+        padding = int_tuple("padding", padding, 2, 0)
         if any(2 * p > k for p, k in zip(padding, kernel)):
             raise ValueError(f"padding {padding} must be at most half of kernel_size {kernel} (as in PyTorch)")
         self.kernel_size, self.stride, self.padding = kernel, stride, padding
-        self.geom = ConvGeometry(kernel, stride, tuple((p, p) for p in padding), (1, 1))
+        self.geometry = ConvGeometry(kernel, stride, tuple((p, p) for p in padding), (1, 1))
         self._cache = None
 
     def _clear_cache(self) -> None:
@@ -36,17 +37,11 @@ class _Pool2d(Module):
         xp = namespace_of(x, names=["x"])
         if x.ndim != 4:
             raise ValueError(f"{type(self).__name__} expects x of shape (N, C, H, W), got {tuple(x.shape)}")
-        out = self.geom.output_shape(x.shape[2:])
+        out = self.geometry.output_shape(x.shape[2:])
         if any(o < 1 for o in out):
             raise ValueError(f"{type(self).__name__}: kernel {self.kernel_size} is larger than the padded input "
                              f"{tuple(s + 2 * p for s, p in zip(x.shape[2:], self.padding))}")
-        n, c = x.shape[:2]
-        return xp, xp.reshape(im2col(x, self.geom), (n, c, math.prod(self.kernel_size), *out))
-
-    def _fold(self, xp, grad_windows, spatial):
-        """col2im of window gradients (N, C, kh*kw, OH, OW) -> dL/dx (N, C, H, W)."""
-        n, c, _, *out = grad_windows.shape
-        return col2im(xp.reshape(grad_windows, (n, c, *self.kernel_size, *out)), self.geom, spatial)
+        return xp, unfold(x, self.geometry)
 
     def _check_grad(self, grad_output, expected):
         namespace_of(grad_output, names=["grad_output"])
@@ -68,7 +63,7 @@ class MaxPool2d(_Pool2d):
         if any(self.padding):
             # im2col fills padding with 0; mark those taps from an all-ones image and exclude them exactly.
             ones = xp.ones((1, 1, *x.shape[2:]), dtype=x.dtype, device=device(x))
-            inside = xp.reshape(im2col(ones, self.geom), (1, 1, *windows.shape[2:])) > 0
+            inside = unfold(ones, self.geometry) > 0
             windows = xp.where(inside, windows, xp.full_like(windows, -math.inf))
         y = xp.max(windows, axis=2)
         if self.training:
@@ -83,7 +78,7 @@ class MaxPool2d(_Pool2d):
         taps = xp.arange(math.prod(self.kernel_size), dtype=argmax.dtype, device=device(argmax))
         hit = xp.expand_dims(argmax, axis=2) == xp.reshape(taps, (1, 1, -1, 1, 1))  # (N, C, K, OH, OW) one-hot
         grad = xp.expand_dims(grad_output, axis=2)
-        return self._fold(xp, xp.where(hit, grad, xp.zeros_like(grad)), shape[2:])
+        return fold(xp.where(hit, grad, xp.zeros_like(grad)), self.geometry, shape[2:])
 
 
 class AvgPool2d(_Pool2d):
@@ -98,8 +93,8 @@ class AvgPool2d(_Pool2d):
     def backward(self, grad_output):
         shape = self._need_cache(self._cache)
         self._cache = None
-        self._check_grad(grad_output, (*shape[:2], *self.geom.output_shape(shape[2:])))
+        self._check_grad(grad_output, (*shape[:2], *self.geometry.output_shape(shape[2:])))
         xp = namespace_of(grad_output, names=["grad_output"])
         k = math.prod(self.kernel_size)
         grad = xp.expand_dims(grad_output / k, axis=2)                      # (N, C, 1, OH, OW)
-        return self._fold(xp, xp.broadcast_to(grad, (*grad.shape[:2], k, *grad.shape[3:])), shape[2:])
+        return fold(xp.broadcast_to(grad, (*grad.shape[:2], k, *grad.shape[3:])), self.geometry, shape[2:])

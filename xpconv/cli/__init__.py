@@ -1,4 +1,8 @@
-"""The ``xpconv`` command: ``info`` here; other subcommands register from their own modules."""
+"""The ``xpconv`` command: ``info`` here; other subcommands register from their own modules.
+
+Only argparse and printing live under ``xpconv.cli``: each command turns its flags into calls of
+the library modules (:mod:`xpconv.training`, :mod:`xpconv.io`, :mod:`xpconv.bench`, ...).
+"""
 from __future__ import annotations
 
 import argparse
@@ -7,12 +11,12 @@ import platform
 import sys
 
 # Modules that each define ``register(subparsers)``, adding one or more subcommands.
-_COMMAND_MODULES: tuple[str, ...] = ("xpconv.train", "xpconv.bench.cli")
+_COMMAND_MODULES: tuple[str, ...] = ("xpconv.cli.train", "xpconv.bench.cli")
 
 
 def _info(args) -> int:
-    from . import __version__
-    from .backends import available_backends, get_default_backend
+    from .. import __version__
+    from ..backends import available_backends, get_default_backend
 
     print(f"xpconv {__version__}  (Python {platform.python_version()}, {platform.machine()})")
     import array_api_compat
@@ -36,7 +40,7 @@ def _info(args) -> int:
 
 def _print_cpu_blas() -> None:
     """The BLAS libraries loaded (NumPy's, and torch's where imported), their kernels and threads."""
-    from .bench.environment import blas_pools, coretype_note
+    from ..bench.environment import blas_pools, coretype_note
 
     print()
     pools = [p for p in blas_pools() if p.get("user_api") == "blas"]
