@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import inspect
 import io
 import math
 import statistics
@@ -47,6 +48,15 @@ def _load_engine(revision: str | None, name: str, tmp: Path):
     sys.modules[name] = module
     spec.loader.exec_module(module)
     return importlib.import_module(f"{name}._engine")
+
+
+def _cpu_policy(engine) -> dict:
+    """The CPU's chunking policy as the engine takes it: an argument since the engine stopped inspecting
+    devices (the NumPy backend's ``cache_chunk_bytes``), nothing for engines that chose it themselves."""
+    if "cache_chunk_bytes" not in inspect.signature(engine.conv_forward).parameters:
+        return {}
+    package = sys.modules[engine.__name__.rpartition(".")[0]]
+    return {"cache_chunk_bytes": package.backends.CPU_CHUNK_BYTES}
 
 
 def _medians(fns: dict, repeats: int) -> dict:
@@ -106,10 +116,11 @@ def _compare(engines, args) -> int:
                                      ("after", engines["after"], 256 * 2**20), ("one-chunk", engines["after"], None)):
                 geom = engine.ConvGeometry((layer.k,) * layer.nd, (layer.stride,) * layer.nd,
                                            ((layer.pad, layer.pad),) * layer.nd, (1,) * layer.nd, layer.groups)
+                policy = _cpu_policy(engine)
 
-                def step(engine=engine, geom=geom, cap=cap):
-                    _, cols = engine.conv_forward(x, w, b, geom, keep_cols=True, max_workspace_bytes=cap)
-                    engine.conv_backward(dy, x, w, geom, cols=cols, max_workspace_bytes=cap)
+                def step(engine=engine, geom=geom, cap=cap, policy=policy):
+                    _, cols = engine.conv_forward(x, w, b, geom, keep_cols=True, max_workspace_bytes=cap, **policy)
+                    engine.conv_backward(dy, x, w, geom, cols=cols, max_workspace_bytes=cap, **policy)
                     np.sum(dy, axis=(0, *range(2, dy.ndim)))
 
                 fns[key] = step

@@ -141,3 +141,16 @@ def test_batchnorm_moves_and_saves_its_buffers(backend):
     assert layer.num_batches_tracked.dtype == backend.xp.int64
     for key, value in layer.state_dict().items():
         np.testing.assert_array_equal(value, state[key])
+
+
+def test_assigning_a_buffer_keeps_it_registered(backend):
+    """As in PyTorch: ``bn.running_mean = new`` replaces the buffer, it stays in state_dict() and moves with .to()."""
+    bn = nn.BatchNorm2d(3, backend=backend)
+    new = backend.asarray(np.array([1.0, 2.0, 3.0]), dtype="float32")
+    bn.running_mean = new
+    state = bn.state_dict()
+    assert set(state) == {"weight", "bias", "running_mean", "running_var", "num_batches_tracked"}
+    np.testing.assert_array_equal(state["running_mean"], [1.0, 2.0, 3.0])
+    bn.to("numpy")
+    assert isinstance(bn.running_mean, np.ndarray)
+    np.testing.assert_array_equal(bn.running_mean, [1.0, 2.0, 3.0])

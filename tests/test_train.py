@@ -57,6 +57,18 @@ def test_first_steps_agree_across_backends(backend, digits64, optimizer):
         np.testing.assert_allclose(model.state_dict()[key], value, rtol=1e-4, atol=1e-5, err_msg=key)
 
 
+def test_fit_returns_a_history_that_plot_curves_draws(digits64, tmp_path):
+    pytest.importorskip("matplotlib")
+    _, history = _fit("numpy", digits64, epochs=2)
+    assert isinstance(history, History) and history.epochs == 2
+    assert len(history.test_accuracy) == 2 and history.seconds > 0 and history.eval_seconds > 0
+    assert history.as_dict()["train_loss"] == history.train_loss
+    plot_curves(history, tmp_path / "curves.png", title="two epochs")
+    assert (tmp_path / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    with pytest.raises(TypeError, match="History"):
+        plot_curves(history.as_dict(), tmp_path / "dict.png")
+
+
 def test_fit_rejects_bad_arguments(digits64):
     model = small_cnn(channels=(4, 8))
     opt = make_optimizer("sgd", model.parameters())

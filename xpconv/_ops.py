@@ -15,16 +15,13 @@ from typing import Any
 
 from array_api_compat import array_namespace, device
 
-from . import _engine as engine
 from ._columns import col2im, im2col
+from ._engine import DEFAULT_MAX_WORKSPACE_BYTES, conv_backward, conv_backward_data, conv_forward
 from ._geometry import ConvGeometry, make_geometry
 from .backends import Backend, library_of
 
 __all__ = ["ConvContext", "namespace_of", "weight_geometry", "prepare", "conv", "conv_grads",
            "conv_transpose", "conv_transpose_grads", "unfold", "fold", "DEFAULT_MAX_WORKSPACE_BYTES"]
-
-DEFAULT_MAX_WORKSPACE_BYTES = engine.DEFAULT_MAX_WORKSPACE_BYTES
-
 
 def namespace_of(*arrays, names=None):
     """The common Array API namespace of ``arrays`` (None entries skipped).
@@ -44,7 +41,7 @@ def namespace_of(*arrays, names=None):
     try:
         xp = array_namespace(*(a for _, a in given))
     except TypeError:
-        libs = ", ".join(f"{n}: {library_of(a) or type(a).__module__.split('.')[0]}" for n, a in given)
+        libs = ", ".join(f"{n}: {library_of(a) or type(a).__name__}" for n, a in given)
         raise TypeError(f"arrays come from different libraries ({libs}); move them to one backend first, "
                         "e.g. with xpconv.get_backend(name).asarray(...)") from None
     first_name, first = given[0]
@@ -153,7 +150,7 @@ def conv(x, weight, bias, geom: ConvGeometry, *, channels_last: bool = False,
          max_workspace_bytes=DEFAULT_MAX_WORKSPACE_BYTES, keep_cols: bool = False):
     """Validated forward pass: (y in the caller's layout, the :class:`ConvContext` backward needs)."""
     ctx = prepare(x, weight, bias, geom, channels_last=channels_last)
-    y, ctx.cols = engine.conv_forward(ctx.x, ctx.weight, bias, geom, max_workspace_bytes=max_workspace_bytes,
+    y, ctx.cols = conv_forward(ctx.x, ctx.weight, bias, geom, max_workspace_bytes=max_workspace_bytes,
                                       cache_chunk_bytes=ctx.cache_chunk_bytes, keep_cols=keep_cols)
     return _finish(ctx.xp, y, ctx.batched, channels_last), ctx
 
@@ -171,7 +168,7 @@ def conv_grads(ctx: ConvContext, grad_output, *, max_workspace_bytes=DEFAULT_MAX
             expected.append(expected.pop(-nd - 1))
         raise ValueError(f"grad_output must have the output's shape {tuple(expected)}, "
                          f"got {tuple(grad_output.shape)}")
-    grad_x, grad_w = engine.conv_backward(dy, ctx.x, ctx.weight, ctx.geom, cols=ctx.cols,
+    grad_x, grad_w = conv_backward(dy, ctx.x, ctx.weight, ctx.geom, cols=ctx.cols,
                                           need_input_grad=need_input_grad, max_workspace_bytes=max_workspace_bytes,
                                           cache_chunk_bytes=ctx.cache_chunk_bytes)
     grad_b = xp.sum(dy, axis=(0, *range(2, dy.ndim)))
@@ -189,7 +186,7 @@ def conv_transpose(x, weight, bias, geom: ConvGeometry, out_spatial, *,
     It is dL/dz of the associated convolution z (N, out, *out_spatial) -> (N, in, *spatial) for dL/d(output) = x.
     """
     xp = array_namespace(x, weight)
-    y = engine.conv_backward_data(x, weight, geom, out_spatial, max_workspace_bytes=max_workspace_bytes,
+    y = conv_backward_data(x, weight, geom, out_spatial, max_workspace_bytes=max_workspace_bytes,
                                   cache_chunk_bytes=Backend.from_array(x).cache_chunk_bytes)
     if bias is not None:
         y = y + xp.reshape(bias, (1, -1) + (1,) * geom.nd)
@@ -205,9 +202,9 @@ def conv_transpose_grads(x, weight, geom: ConvGeometry, grad_output, *,
     """
     xp = array_namespace(x, grad_output)
     policy = Backend.from_array(x).cache_chunk_bytes
-    grad_x, cols = engine.conv_forward(grad_output, weight, None, geom, keep_cols=True,
+    grad_x, cols = conv_forward(grad_output, weight, None, geom, keep_cols=True,
                                        max_workspace_bytes=max_workspace_bytes, cache_chunk_bytes=policy)
-    _, grad_w = engine.conv_backward(grad_output=x, x=grad_output, weight=weight, geom=geom, cols=cols,
+    _, grad_w = conv_backward(grad_output=x, x=grad_output, weight=weight, geom=geom, cols=cols,
                                      need_input_grad=False, max_workspace_bytes=max_workspace_bytes,
                                      cache_chunk_bytes=policy)
     return grad_x, grad_w, xp.sum(grad_output, axis=(0, *range(2, grad_output.ndim)))

@@ -57,7 +57,7 @@ def register(subparsers) -> None:
 
 
 def run(args) -> int:
-    from .._engine import DEFAULT_MAX_WORKSPACE_BYTES
+    from .._ops import DEFAULT_MAX_WORKSPACE_BYTES
     from . import report
     from .driver import make_runners, memory_sweep, run_suite, summarize
     from .environment import collect_environment, coretype_note, set_tf32, set_threads

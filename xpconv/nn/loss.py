@@ -64,7 +64,7 @@ def _labels_like(logits, labels, n: int, c: int):
     except TypeError:
         raise TypeError(f"labels must be an integer array or a list, got {type(labels).__name__}") from None
     if lxp is not xp:
-        raise TypeError(f"labels come from {library_of(labels) or type(labels).__module__.split('.')[0]} but logits "
+        raise TypeError(f"labels come from {library_of(labels) or type(labels).__name__} but logits "
                         f"from {backend.name}; pass labels of the same library or NumPy")
     if not xp.isdtype(labels.dtype, "integral"):
         raise TypeError(f"labels must be integers (class indices), got dtype {labels.dtype}")
