@@ -77,12 +77,17 @@ def test_asarray_moves_between_backends_and_to_numpy_returns_host_copy(backend, 
     assert isinstance(other, np.ndarray)
 
 
-def test_synchronize_leaves_no_queued_work(backend, rng):
-    """After synchronize(), the device's queue is empty (CUDA); on the CPU there is nothing to wait for."""
-    a = backend.asarray(rng.standard_normal((512, 512)), dtype="float32")
+def test_synchronize_leaves_no_queued_work_and_the_results_intact(backend, rng):
+    """After synchronize(), the device's queue is empty (CUDA) and the queued work's result is complete:
+    it equals the float64 NumPy product chain, and it stays so after a second synchronize()."""
+    host_a = rng.standard_normal((512, 512))
+    host_w = rng.standard_normal((512, 512)) / np.sqrt(512)  # keeps the chain's entries of order 1
+    a, w = (backend.asarray(h, dtype="float32") for h in (host_a, host_w))
+    expected = host_a
     for _ in range(4):
-        a = backend.xp.matmul(a, a) / 512
-    assert backend.synchronize() is None
+        a = backend.xp.matmul(a, w)
+        expected = expected @ host_w
+    backend.synchronize()
     if backend.name == "cupy":
         import cupy
 
@@ -91,6 +96,11 @@ def test_synchronize_leaves_no_queued_work(backend, rng):
         import torch
 
         assert torch.cuda.current_stream(backend.device).query()
+    result = xpconv.to_numpy(a)
+    assert result.dtype == np.float32 and result.shape == (512, 512)
+    np.testing.assert_allclose(result, expected, rtol=1e-2, atol=1e-2)  # loose enough for TF32 on a GPU
+    backend.synchronize()  # idempotent: nothing queued, nothing changed
+    np.testing.assert_array_equal(xpconv.to_numpy(a), result)
 
 
 def test_backend_dtype_names():

@@ -6,11 +6,13 @@ import json
 
 import pytest
 
+from conftest import CUDA_COUNT
 from xpconv.bench.driver import make_runners, memory_sweep
 from xpconv.bench.suite import SUITE, Layer, select_layers
 from xpconv.cli import main
 
 HAS_TORCH = importlib.util.find_spec("torch") is not None
+HAS_CUPY = importlib.util.find_spec("cupy") is not None
 TINY = "2,3,6x6,4,3,1,1"
 
 
@@ -34,9 +36,14 @@ def test_bench_json_has_environment_results_and_positive_timings(tmp_path, capsy
     assert env["threads"] == 1 and env["versions"]["numpy"] and env["cpu"]
     assert isinstance(env["blas"], list) and "CUPY_TF32" in env["env"]
     assert all(pool["num_threads"] == 1 for pool in env["blas"])
-    expected = {"numpy", "torch-ref"} if HAS_TORCH else {"numpy"}
-    assert {r["backend"] for r in data["results"]} == expected
-    assert [layer["name"] for layer in data["config"]["layers"]] == [TINY, "3,4,9,4,3,2,0,2"]
+    # cupy runs where CuPy has a usable CUDA device, torch-ref where torch is installed; the others are skipped
+    usable = {"numpy": True, "cupy": CUDA_COUNT > 0, "torch-ref": HAS_TORCH}
+    expected = {name for name, ok in usable.items() if ok}
+    assert set(data["skipped"]) == set(usable) - expected
+    layers = [TINY, "3,4,9,4,3,2,0,2"]
+    assert [layer["name"] for layer in data["config"]["layers"]] == layers
+    assert sorted((r["backend"], r["layer"]) for r in data["results"]) == sorted(
+        (name, layer) for name in expected for layer in layers)
     for r in data["results"]:
         for key in ("forward_s", "backward_s", "step_s", "gemm_gflops", "step_gflops", "shaped_gemm_gflops"):
             assert r[key] > 0, key
@@ -49,7 +56,13 @@ def test_bench_json_has_environment_results_and_positive_timings(tmp_path, capsy
         assert all(r["ref_ratio"] > 0 for r in numpy_rows)
         assert data["summary"]["numpy"]["geomean_vs_torch_ref"] > 0
     if "cupy" in data["skipped"]:
-        assert "cupy" in data["skipped"]["cupy"]
+        reason = data["skipped"]["cupy"]
+        assert reason.startswith("BackendUnavailableError: backend 'cupy' ")
+        if HAS_CUPY:
+            assert "no CUDA device is usable" in reason
+        else:
+            assert "is not installed" in reason and 'pip install "xpconv[cuda12]"' in reason
+        assert f"note: skipping backend 'cupy': {reason}" in captured.err
 
 
 def test_bench_plot_writes_a_png(tmp_path):
@@ -80,7 +93,7 @@ def test_bad_layer_and_backend_are_reported(capsys):
         main(["bench", "--backends", "numpy,tensorflow"])
 
 
-def test_suite_matches_the_issue():
+def test_suite_has_the_reference_2d_layers_a_depthwise_one_and_1d_and_3d_ones():
     specs = {(s.n, s.c, s.size[0], s.o, s.k, s.stride, s.pad) for s in SUITE if s.nd == 2 and s.groups == 1}
     for spec in [(32, 3, 32, 32, 3, 1, 1), (32, 64, 32, 64, 3, 1, 1), (32, 64, 32, 128, 3, 2, 1),
                  (64, 128, 16, 128, 3, 1, 1), (16, 256, 14, 256, 3, 1, 1), (32, 64, 56, 64, 1, 1, 0),

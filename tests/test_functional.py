@@ -62,6 +62,50 @@ def _weight_layout(w, channels_last):
     return np.moveaxis(w, 1, -1) if channels_last else w
 
 
+NONCONTIGUOUS = ("every-second-element", "flipped", "transposed")
+
+
+def _noncontiguous(xp, a, kind):
+    """``a``'s values as a view that is not C-contiguous in memory (as Chainer's tests do), built with ``xp``.
+
+    every-second-element: ``a`` interleaved with NaN along its last axis, then ``[..., ::2]`` (stride 2; a NaN
+    read by mistake shows in the results). flipped: a flipped copy flipped back (negative strides on NumPy;
+    torch's flip copies). transposed: the axes reversed in a copy and reversed back (Fortran order).
+    """
+    if kind == "every-second-element":
+        both = xp.stack([a, xp.full_like(a, xp.nan)], axis=-1)
+        return xp.reshape(both, (*a.shape[:-1], 2 * a.shape[-1]))[..., ::2]
+    if kind == "flipped":
+        return xp.flip(_c_order_copy(xp, xp.flip(a)))
+    if kind == "transposed":
+        axes = tuple(range(a.ndim))[::-1]
+        return xp.permute_dims(_c_order_copy(xp, xp.permute_dims(a, axes)), axes)
+    raise ValueError(kind)
+
+
+def _c_order_copy(xp, view):
+    """A new C-ordered array with ``view``'s values (``asarray(view, copy=True)`` may keep its memory order)."""
+    return xp.reshape(xp.asarray(xp.reshape(view, (-1,)), copy=True), view.shape)
+
+
+def _is_c_contiguous(a) -> bool | None:
+    """Whether ``a`` is C-contiguous, where the library says so (NumPy, CuPy, torch); None otherwise."""
+    if hasattr(a, "flags"):
+        return bool(a.flags.c_contiguous)
+    if hasattr(a, "is_contiguous"):
+        return a.is_contiguous()
+    return None
+
+
+@pytest.mark.parametrize("kind", NONCONTIGUOUS)
+def test_noncontiguous_views_keep_the_values_but_not_the_layout(backend, rng, kind):
+    host = rng.standard_normal((2, 3, 4, 5))
+    view = _noncontiguous(backend.xp, backend.asarray(host, dtype="float64"), kind)
+    np.testing.assert_array_equal(as_numpy(view), host)
+    torch_copies = kind == "flipped" and hasattr(view, "is_contiguous")  # torch has no negative strides
+    assert _is_c_contiguous(view) in ((True, None) if torch_copies else (False, None))
+
+
 def assert_close(actual, expected, rtol=1e-10):
     actual = as_numpy(actual)
     assert actual.shape == expected.shape, (actual.shape, expected.shape)
@@ -101,6 +145,14 @@ def _check_against_reference(backend, cfg, seed):
     assert_close(db, db_ref)
     for result in (y, dx, dw, db):
         assert type(result) is type(xb)
+    # The same values as non-contiguous views of x, W, b and dL/dy give the same results.
+    bb, dyb = None if b is None else as_b(b), as_b(_user_layout(dy, cl, ub))
+    for kind in NONCONTIGUOUS:
+        xv, wv, bv, dyv = (None if a is None else _noncontiguous(backend.xp, a, kind) for a in (xb, wb, bb, dyb))
+        y_v = fwd(xv, wv, bv, **kwargs)
+        for got, want in zip((y_v, *bwd(dyv, xv, wv, **kwargs)), (y, dx, dw, db), strict=True):
+            assert type(got) is type(xb)
+            assert_close(got, as_numpy(want), rtol=1e-12)
 
 
 @pytest.mark.parametrize("nd", [1, 2, 3])
@@ -160,7 +212,7 @@ def test_float32_stays_float32_and_inputs_are_untouched(backend, rng):
     np.testing.assert_allclose(as_numpy(y), y64, rtol=1e-4, atol=1e-4)
 
 
-def test_seed_question_example_image_5x5x3_with_16_filters(rng):
+def test_readme_walkthrough_image_5x5x3_with_16_filters(rng):
     """The README walk-through: image (5, 5, 3), 16 filters (3, 3, 3), stride 1, padding 0."""
     image = rng.standard_normal((5, 5, 3))
     filters = rng.standard_normal((16, 3, 3, 3))           # (O, kh, kw, C) with channels_last

@@ -34,11 +34,13 @@ def read_npz(path) -> dict[str, np.ndarray]:
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such file")
     try:
-        f = np.load(path, allow_pickle=False)
-        if not isinstance(f, np.lib.npyio.NpzFile):
-            raise ValueError("a single .npy array, not an .npz archive")
-        with f:
-            return {key: f[key] for key in f.files}
+        # The file is opened here, not by np.load, which leaves its own handle open when the zip is invalid.
+        with open(path, "rb") as fh:
+            f = np.load(fh, allow_pickle=False)
+            if not isinstance(f, np.lib.npyio.NpzFile):
+                raise ValueError("a single .npy array, not an .npz archive")
+            with f:
+                return {key: f[key] for key in f.files}
     except (zipfile.BadZipFile, EOFError, OSError, ValueError, zlib.error) as exc:
         raise ValueError(f"{path}: not a readable .npz file, it may be truncated or corrupt ({exc})") from None
 
