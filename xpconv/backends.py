@@ -22,13 +22,20 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import numpy as np
-from array_api_compat import (array_namespace, is_array_api_obj, is_array_api_strict_namespace, is_cupy_array,
-                              is_numpy_array, is_torch_array)
+from array_api_compat import (
+    array_namespace,
+    is_array_api_obj,
+    is_array_api_strict_namespace,
+    is_cupy_array,
+    is_numpy_array,
+    is_torch_array,
+)
 
 __all__ = [
     "Backend",
     "BackendUnavailableError",
     "BACKEND_NAMES",
+    "LIBRARY_NAMES",
     "CPU_CHUNK_BYTES",
     "available_backends",
     "cuda_device_count",
@@ -145,7 +152,7 @@ class Backend:
         """The backend (library and device) that array ``x`` belongs to; TypeError for non-arrays."""
         name = library_of(x)
         if name is None:
-            raise TypeError(f"expected an array of {', '.join(BACKEND_NAMES)}, got {type(x).__name__}")
+            raise TypeError(f"expected an array of {', '.join(LIBRARY_NAMES)}, got {type(x).__name__}")
         cls = _CLASSES[name]
         return cls(_compat_namespace(name), _device_of(x))
 
@@ -287,7 +294,8 @@ class TorchBackend(Backend):
 
 _CLASSES: dict[str, type[Backend]] = {cls.name: cls for cls in (NumpyBackend, CupyBackend, TorchBackend,
                                                                ArrayApiStrictBackend)}
-BACKEND_NAMES = (*_CLASSES, "auto")
+LIBRARY_NAMES = tuple(_CLASSES)           # the array libraries, each listed here only
+BACKEND_NAMES = (*LIBRARY_NAMES, "auto")
 
 
 def library_of(x) -> str | None:

@@ -15,11 +15,11 @@ import numpy as np
 
 from .._geometry import make_geometry
 from .._ops import conv, conv_grads
-from ..backends import Backend, get_backend
+from ..backends import LIBRARY_NAMES, Backend, get_backend
 
 __all__ = ["BACKEND_CHOICES", "Case", "Runner", "make_runner"]
 
-BACKEND_CHOICES = ("numpy", "cupy", "torch", "torch-ref")
+BACKEND_CHOICES = (*LIBRARY_NAMES, "torch-ref")
 
 
 @dataclass
