@@ -28,7 +28,6 @@ from pathlib import Path
 
 import numpy as np
 
-
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -107,18 +106,23 @@ def _compare(engines, args) -> int:
             m = round((layer.flops / 2) ** (1 / 3))
             a = rng.standard_normal((m, m), dtype=np.float32)
             at = a.T.copy()
-            fns = {
-                "torch": lambda: torch.autograd.grad(conv(xt, wt, bt, stride=layer.stride, padding=layer.pad,
-                                                          groups=layer.groups), (xt, wt, bt), torch.from_numpy(dy)),
-                "gemm": lambda: a @ at,
-            }
+
+            # Every timed callable binds this layer's arrays as defaults (B023): none depends on the loop variables.
+            def torch_step(conv=conv, layer=layer, xt=xt, wt=wt, bt=bt, dy=dy):
+                y = conv(xt, wt, bt, stride=layer.stride, padding=layer.pad, groups=layer.groups)
+                return torch.autograd.grad(y, (xt, wt, bt), torch.from_numpy(dy))
+
+            def gemm_step(a=a, at=at):
+                return a @ at
+
+            fns = {"torch": torch_step, "gemm": gemm_step}
             for key, engine, cap in (("before", engines["before"], 256 * 2**20),
                                      ("after", engines["after"], 256 * 2**20), ("one-chunk", engines["after"], None)):
                 geom = engine.ConvGeometry((layer.k,) * layer.nd, (layer.stride,) * layer.nd,
                                            ((layer.pad, layer.pad),) * layer.nd, (1,) * layer.nd, layer.groups)
                 policy = _cpu_policy(engine)
 
-                def step(engine=engine, geom=geom, cap=cap, policy=policy):
+                def step(engine=engine, geom=geom, cap=cap, policy=policy, x=x, w=w, b=b, dy=dy):
                     _, cols = engine.conv_forward(x, w, b, geom, keep_cols=True, max_workspace_bytes=cap, **policy)
                     engine.conv_backward(dy, x, w, geom, cols=cols, max_workspace_bytes=cap, **policy)
                     np.sum(dy, axis=(0, *range(2, dy.ndim)))
@@ -144,7 +148,8 @@ def _compare(engines, args) -> int:
     for key in ("before", "after"):
         print(f"{key}: time / torch geomean {geomean(key + '/torch'):.2f} (worst "
               f"{max(r[key + '/torch'] for r in rows):.2f}); throughput / GEMM geomean {geomean(key + '/gemm'):.2f}")
-    print(f"chunked / one-chunk throughput geomean {geomean('chunked'):.2f} (worst {min(r['chunked'] for r in rows):.2f})")
+    print(f"chunked / one-chunk throughput geomean {geomean('chunked'):.2f} "
+          f"(worst {min(r['chunked'] for r in rows):.2f})")
     return 0
 
 

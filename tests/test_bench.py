@@ -80,7 +80,7 @@ def test_memory_sweep_peak_is_bounded_by_the_cap():
     cap = 2**20
     rows = memory_sweep(runners, cap, repeats=1, warmup=0, layer=layer, batches=(2, 32), progress=False)
     peak = {(r["n"], r["max_workspace_bytes"]): r["peak_bytes"] for r in rows}
-    big = [r for r in rows if r["n"] == 32][0]
+    big = next(r for r in rows if r["n"] == 32)
     assert big["im2col_bytes"] > 4 * cap
     assert peak[(32, cap)] < big["activation_bytes"] + 2 * cap
     assert peak[(32, cap)] < peak[(32, None)]

@@ -34,7 +34,7 @@ def test_gradients_by_finite_differences(backend, rng, cfg):
 def test_matches_torch(backend, rng, cfg):
     import torch
 
-    cin, cout, k, s, p, op, g, d = cfg
+    cin, _, _, s, p, op, g, d = cfg
     layer = _layer(backend, cfg)
     x_np = rng.standard_normal((3, cin, 4, 5))
     y = layer(backend.asarray(x_np))
@@ -61,7 +61,7 @@ def test_chunked_batch_gives_the_same_bits(rng, cfg):
         y = layer(x)
         dx = layer.backward(np.cos(y))
         results.append((y, dx, layer.weight.grad, layer.bias.grad))
-    for one, chunked in zip(*results):
+    for one, chunked in zip(*results, strict=True):
         assert np.array_equal(one, chunked)
 
 

@@ -45,7 +45,7 @@ def test_loader_seeded_shuffle():
 
     def epochs(seed, n=2):
         loader = DataLoader(x, y, batch_size=7, seed=seed)
-        return [np.concatenate([b[1] for b in loader]).tolist() + [-1] for _ in range(n)]
+        return [[*np.concatenate([b[1] for b in loader]).tolist(), -1] for _ in range(n)]
 
     a, b = epochs(3), epochs(3)
     assert a == b                        # same seed, same batches, epoch after epoch
@@ -77,7 +77,7 @@ def test_digits_split():
     assert d.x_train.shape[1:] == (1, 8, 8) and d.x_train.dtype == np.float32
     assert d.y_train.dtype == np.int64
     assert len(d.x_train) + len(d.x_test) == 1797 and len(d.x_test) == 450
-    assert 0.0 <= d.x_train.min() and d.x_train.max() == 1.0
+    assert d.x_train.min() >= 0.0 and d.x_train.max() == 1.0
     # stratified: every class is represented in the test set in proportion (within one sample)
     total = np.bincount(np.concatenate([d.y_train, d.y_test]), minlength=10)
     assert np.all(np.abs(np.bincount(d.y_test, minlength=10) - total * 0.25) <= 1)
@@ -110,7 +110,7 @@ def _mnist_arrays(rng, n_train=12, n_test=5, size=4):
 
 def _write_idx_dir(tmp_path, arrays, gz=(True, False, False, True)):
     names = ["train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"]
-    for name, a, zipped in zip(names, arrays, gz):
+    for name, a, zipped in zip(names, arrays, gz, strict=True):
         data = _idx_bytes(a, 0x803 if a.ndim == 3 else 0x801)
         (tmp_path / (name + ".gz" if zipped else name)).write_bytes(gzip.compress(data) if zipped else data)
     return tmp_path
@@ -133,7 +133,7 @@ def test_mnist_idx_dir_gzip_or_not(tmp_path, rng):
 
 def test_mnist_npz(tmp_path, rng):
     arrays = _mnist_arrays(rng)
-    np.savez(tmp_path / "mnist.npz", **dict(zip(["x_train", "y_train", "x_test", "y_test"], arrays)))
+    np.savez(tmp_path / "mnist.npz", **dict(zip(["x_train", "y_train", "x_test", "y_test"], arrays, strict=True)))
     _check_mnist(load_mnist(tmp_path), arrays)
     _check_mnist(load_mnist(tmp_path / "mnist.npz"), arrays)
 
@@ -174,7 +174,7 @@ def test_corrupt_gzip_and_inconsistent_files(tmp_path, rng):
     with pytest.raises(ValueError, match="5 images but 4 labels"):
         load_mnist(tmp_path)
     (tmp_path / "t10k-labels-idx1-ubyte.gz").write_bytes(gzip.compress(_idx_bytes(arrays[3] + 10, 0x801)))
-    with pytest.raises(ValueError, match="0..9"):
+    with pytest.raises(ValueError, match=r"0\.\.9"):
         load_mnist(tmp_path)
     (tmp_path / "t10k-labels-idx1-ubyte.gz").unlink()
     with pytest.raises(FileNotFoundError, match="t10k-labels-idx1-ubyte"):
@@ -187,7 +187,7 @@ def test_corrupt_npz(tmp_path, rng):
     np.savez(path, x_train=arrays[0], y_train=arrays[1], x_test=arrays[2])
     with pytest.raises(ValueError, match=r"missing keys \['y_test'\]"):
         load_mnist(path)
-    np.savez(path, **dict(zip(["x_train", "y_train", "x_test", "y_test"], arrays)))
+    np.savez(path, **dict(zip(["x_train", "y_train", "x_test", "y_test"], arrays, strict=True)))
     path.write_bytes(path.read_bytes()[:200])
     with pytest.raises(ValueError, match="truncated or corrupt"):
         load_mnist(path)

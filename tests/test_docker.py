@@ -39,7 +39,7 @@ def _dockerfile() -> str:
 
 def _cuda_stages(text: str) -> dict[str, str]:
     """{"13": "nvidia/cuda:13.0.3-base-ubuntu24.04", ...} from ``FROM nvidia/cuda:<tag> AS cuda<major>``."""
-    return dict((major, image) for image, major in re.findall(r"^FROM (nvidia/cuda:\S+) AS cuda(\d+)$", text, re.M))
+    return {major: image for image, major in re.findall(r"^FROM (nvidia/cuda:\S+) AS cuda(\d+)$", text, re.M)}
 
 
 def _compose() -> dict:

@@ -5,12 +5,19 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+import xpconv._columns as columns
 from conftest import as_numpy
 from reference import conv_backward_reference, conv_reference
-import xpconv._columns as columns
 from xpconv._columns import WideLayout, col2im, column_layout, im2col, wide_col2im, wide_im2col
-from xpconv._engine import (batch_chunks, columns_grad, conv_backward, conv_backward_data, conv_forward,
-                            flipped_geometry, flipped_transposed_weight)
+from xpconv._engine import (
+    batch_chunks,
+    columns_grad,
+    conv_backward,
+    conv_backward_data,
+    conv_forward,
+    flipped_geometry,
+    flipped_transposed_weight,
+)
 from xpconv._geometry import ConvGeometry, conv_output_size
 from xpconv.backends import CPU_CHUNK_BYTES
 
@@ -54,7 +61,7 @@ def _im2col_loops(x, geom):
     cols = np.zeros((n, c, *geom.kernel, *out))
     for t in np.ndindex(*geom.kernel):
         for j in np.ndindex(*out):
-            pos = tuple(ji * s + ti * d for ji, ti, s, d in zip(j, t, geom.stride, geom.dilation))
+            pos = tuple(ji * s + ti * d for ji, ti, s, d in zip(j, t, geom.stride, geom.dilation, strict=True))
             cols[(slice(None), slice(None), *t, *j)] = xpad[(slice(None), slice(None), *pos)]
     return cols
 
@@ -142,7 +149,7 @@ def test_wide_im2col_matches_explicit_loops_on_the_output_grid(backend, rng, nam
 
 @pytest.mark.parametrize("name", sorted(WIDE_CASES))
 def test_wide_col2im_is_the_adjoint_of_wide_im2col(backend, rng, name):
-    shape, geom, lay, x = _wide_case(name, rng)
+    shape, _, lay, x = _wide_case(name, rng)
     c = rng.standard_normal((*shape[:2], len(lay.offsets), lay.length))
     xb, cb = backend.asarray(x, dtype="float64"), backend.asarray(c, dtype="float64")
     lhs = np.sum(as_numpy(wide_im2col(xb, lay)) * c)

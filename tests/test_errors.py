@@ -19,7 +19,8 @@ W = np.zeros((8, 4, 3, 3))
     (lambda: xpconv.conv2d(X, W, stride=0), ValueError, "stride must be >= 1"),
     (lambda: xpconv.conv2d(X, W, dilation=(1, 0)), ValueError, "dilation must be >= 1"),
     (lambda: xpconv.conv2d(X, W, padding=-1), ValueError, "padding must be >= 0"),
-    (lambda: xpconv.conv2d(X, W, padding="full"), ValueError, "padding must be an int, a tuple of ints, 'valid' or 'same'"),
+    (lambda: xpconv.conv2d(X, W, padding="full"), ValueError,
+     "padding must be an int, a tuple of ints, 'valid' or 'same'"),
     (lambda: xpconv.conv2d(X, W, padding="same", stride=2), ValueError, "padding='same' needs stride 1"),
     (lambda: xpconv.conv2d(X, W, stride=(1, 1, 1)), ValueError, "stride must be an int or a tuple of 2 ints"),
     (lambda: xpconv.conv2d(X, W, stride=1.5), ValueError, "stride must be an int or a tuple"),
@@ -39,7 +40,8 @@ W = np.zeros((8, 4, 3, 3))
     (lambda: xpconv.conv2d_backward(np.zeros((2, 8, 3, 3)), X, W), ValueError,
      r"grad_output must have the output's shape \(2, 8, 4, 4\)"),
     (lambda: xpconv.conv2d_backward(np.zeros((2, 8, 4, 4)), X.transpose(0, 2, 3, 1), W.transpose(0, 2, 3, 1),
-                                    channels_last=True), ValueError, r"output's shape \(2, 4, 4, 8\), got \(2, 8, 4, 4\)"),
+                                    channels_last=True), ValueError,
+     r"output's shape \(2, 4, 4, 8\), got \(2, 8, 4, 4\)"),
     (lambda: xpconv.conv2d_backward(np.zeros((2, 8, 4, 4), np.float32), X, W), TypeError, "mixed float dtypes"),
 ])
 def test_bad_input_is_rejected_clearly(call, exc, match):

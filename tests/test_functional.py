@@ -41,12 +41,12 @@ def conv_configs(draw):
         padding, pads = "valid", [(0, 0)] * nd
     max_size = 7 if nd < 3 else 5
     spatial = []
-    for k, d, (lo, hi) in zip(kernel, dilation, pads):
+    for k, d, (lo, hi) in zip(kernel, dilation, pads, strict=True):
         extent = d * (k - 1) + 1
         spatial.append(draw(st.integers(max(1, extent - lo - hi), max(max_size, extent))))
     unbatched = draw(st.booleans())
-    return dict(nd=nd, n=1 if unbatched else draw(st.integers(1, 2)), c=cg * groups, o=og * groups, groups=groups, kernel=kernel,
-                stride=stride, dilation=dilation, padding=padding, pads=pads, spatial=spatial,
+    return dict(nd=nd, n=1 if unbatched else draw(st.integers(1, 2)), c=cg * groups, o=og * groups, groups=groups,
+                kernel=kernel, stride=stride, dilation=dilation, padding=padding, pads=pads, spatial=spatial,
                 bias=draw(st.booleans()), channels_last=draw(st.booleans()), unbatched=unbatched,
                 stride_arg=draw(st.sampled_from(["int", "tuple"])) if len(set(stride)) == 1 else "tuple")
 
@@ -193,7 +193,7 @@ def test_same_results_from_every_backend(backend, rng):
     as_b = lambda a: backend.asarray(a, dtype="float64")  # noqa: E731
     y = xpconv.conv2d(as_b(x), as_b(w), as_b(b), **kw)
     np.testing.assert_allclose(as_numpy(y), y_np, rtol=1e-12, atol=1e-12)
-    for g, g_np in zip(xpconv.conv2d_backward(as_b(np.ones_like(y_np)), as_b(x), as_b(w), **kw), grads_np):
+    for g, g_np in zip(xpconv.conv2d_backward(as_b(np.ones_like(y_np)), as_b(x), as_b(w), **kw), grads_np, strict=True):
         np.testing.assert_allclose(as_numpy(g), g_np, rtol=1e-12, atol=1e-12)
 
 
@@ -206,7 +206,7 @@ def test_float32_stays_float32_and_inputs_are_untouched(backend, rng):
     grads = xpconv.conv2d_backward(backend.xp.ones_like(y), x, w, padding=1)
     assert y.dtype == backend.xp.float32
     assert all(g.dtype == backend.xp.float32 for g in grads)
-    for a, a0 in zip((x, w, b), before):
+    for a, a0 in zip((x, w, b), before, strict=True):
         np.testing.assert_array_equal(as_numpy(a), a0)
     y64 = conv_reference(before[0], before[1], before[2], (1, 1), [(1, 1)] * 2, (1, 1), 1)
     np.testing.assert_allclose(as_numpy(y), y64, rtol=1e-4, atol=1e-4)

@@ -17,7 +17,8 @@ from array_api_compat import device
 
 import xpconv
 from conftest import CUDA_COUNT, TORCH_CUDA, as_numpy, make_backend
-from xpconv import backends, functional as F, nn
+from xpconv import backends, nn
+from xpconv import functional as F
 from xpconv.backends import library_of
 from xpconv.cli import main
 
@@ -25,7 +26,8 @@ NO_CUPY = "CuPy with a usable CUDA device is not available"
 GPU_SPECS = [
     pytest.param("cupy", id="cupy", marks=[pytest.mark.gpu, pytest.mark.skipif(CUDA_COUNT == 0, reason=NO_CUPY)]),
     pytest.param("torch:cuda", id="torch-cuda", marks=[
-        pytest.mark.gpu, pytest.mark.skipif(not TORCH_CUDA, reason="torch with a usable CUDA device is not available")]),
+        pytest.mark.gpu,
+        pytest.mark.skipif(not TORCH_CUDA, reason="torch with a usable CUDA device is not available")]),
 ]
 # CuPy's float32 matmul is exact-IEEE unless CUPY_TF32=1 (10-bit mantissa); torch's is by default.
 F32_TOL = 2e-2 if os.environ.get("CUPY_TF32") == "1" else 1e-4
@@ -102,7 +104,7 @@ def test_functional_conv_stays_on_device_and_matches_numpy(spec, nd, x_shape, w_
     xc, wc, bc = (cpu.asarray(a, dtype=dtype) for a in host)
     yc = conv(xc, wc, bc, **kwargs)
     assert_close(y, yc, dtype)
-    for got, want in zip(grads, conv_backward(np.ones_like(yc) * 0.5 + yc, xc, wc, **kwargs)):
+    for got, want in zip(grads, conv_backward(np.ones_like(yc) * 0.5 + yc, xc, wc, **kwargs), strict=True):
         assert_close(got, want, dtype)
 
 

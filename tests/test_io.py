@@ -56,7 +56,7 @@ def test_load_rebuilds_recorded_architecture(backend, tmp_path, rng):
 def test_missing_truncated_and_foreign_files(tmp_path):
     model = _model(seed=1)
     before = _state(model)
-    with pytest.raises(FileNotFoundError, match="nope.npz"):
+    with pytest.raises(FileNotFoundError, match=r"nope\.npz"):
         xpconv.load(tmp_path / "nope.npz", model)
     path = xpconv.save(model, tmp_path / "m.npz")
     data = path.read_bytes()
@@ -68,7 +68,7 @@ def test_missing_truncated_and_foreign_files(tmp_path):
     with pytest.raises(ValueError, match="not an xpconv model file"):
         xpconv.load(tmp_path / "other.npz", model)
     (tmp_path / "text.npz").write_text("hello")
-    with pytest.raises(ValueError, match="not a readable .npz"):
+    with pytest.raises(ValueError, match=r"not a readable \.npz"):
         xpconv.load(tmp_path / "text.npz", model)
     for key, value in before.items():
         np.testing.assert_array_equal(model.state_dict()[key], value)
@@ -94,7 +94,7 @@ def test_mismatched_model_is_left_unchanged(tmp_path):
     with pytest.raises(ValueError, match=r"3.bias.*shape \(3,\).*\(4,\)|3.weight.*shape"):
         xpconv.load(path, other)
     deeper = nn.Sequential(*_model(seed=5), nn.ReLU())
-    with pytest.raises(ValueError, match="missing keys|unexpected keys"):
+    with pytest.raises(ValueError, match=r"missing keys|unexpected keys"):
         xpconv.load(path, nn.Sequential(nn.Linear(2, 2)))
     for key, value in before.items():
         np.testing.assert_array_equal(other.state_dict()[key], value)
@@ -114,3 +114,12 @@ def test_load_state_dict_copies_and_validates():
         model.load_state_dict(bad)
     for key, value in before.items():
         np.testing.assert_array_equal(model.state_dict()[key], value)
+
+
+@pytest.mark.parametrize("name", ["allow_pickle", "file"])
+def test_save_refuses_state_keys_that_np_savez_would_take_as_its_own_arguments(tmp_path, name):
+    model = nn.Sequential(nn.Linear(2, 2, seed=0))
+    model.register_buffer(name, np.zeros(1))
+    with pytest.raises(ValueError, match=rf"\['{name}'\] are reserved"):
+        xpconv.save(model, tmp_path / "m.npz")
+    assert list(tmp_path.iterdir()) == []

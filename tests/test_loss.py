@@ -42,7 +42,8 @@ def test_stable_for_huge_logits(backend):
     loss_fn = nn.CrossEntropyLoss()
     loss = loss_fn(backend.asarray(logits), _labels(backend, [1, 2]))
     # -log softmax from the definition, in float64 with np.logaddexp: [1000, 10 + log(1 + e^-10)]
-    expected = np.mean([np.logaddexp.reduce(row.astype(np.float64)) - row[k] for row, k in zip(logits, [1, 2])])
+    expected = np.mean([np.logaddexp.reduce(row.astype(np.float64)) - row[k]
+                        for row, k in zip(logits, [1, 2], strict=True)])
     assert np.isfinite(loss) and loss == pytest.approx(expected, rel=1e-6)
     grad = loss_fn.backward()
     assert grad.dtype == backend.xp.float32 and np.all(np.isfinite(as_numpy(grad)))

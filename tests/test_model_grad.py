@@ -101,5 +101,5 @@ def test_gradients_accumulate_until_zero_grad(backend, rng):
     loss_fn = nn.CrossEntropyLoss()
     loss_fn(model(backend.asarray(x_np)), backend.asarray(labels))
     model.backward(loss_fn.backward())                          # no zero_grad: adds a second copy
-    for g1, p in zip(once, model.parameters()):
+    for g1, p in zip(once, model.parameters(), strict=True):
         np.testing.assert_allclose(as_numpy(p.grad), 2 * g1, rtol=1e-12, atol=1e-15)

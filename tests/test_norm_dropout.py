@@ -127,8 +127,10 @@ def test_batchnorm_keeps_float32_and_rejects_bad_input(backend):
         layer(xp.ones((2, 4, 2, 2), dtype=xp.float32, device=backend.device))
     with pytest.raises(ValueError, match="more than 1 value per channel"):
         layer(xp.ones((1, 3, 1, 1), dtype=xp.float32, device=backend.device))
-    for kwargs in ({"num_features": 0}, {"num_features": 2, "eps": 0}, {"num_features": 2, "momentum": 2}):
-        with pytest.raises(ValueError):
+    for kwargs, match in (({"num_features": 0}, "num_features must be a positive int"),
+                          ({"num_features": 2, "eps": 0}, "eps must lie in"),
+                          ({"num_features": 2, "momentum": 2}, "momentum must lie in")):
+        with pytest.raises(ValueError, match=match):
             nn.BatchNorm2d(**kwargs)
 
 

@@ -45,13 +45,13 @@ def test_matches_torch_optim(backend, rng, cls, kwargs):
     opt, ref = cls(ours, **kwargs), _torch_optimizer(cls, kwargs, theirs)
     for step_grads in grads:
         opt.zero_grad()
-        for p, g in zip(ours, step_grads):
+        for p, g in zip(ours, step_grads, strict=True):
             p.grad += backend.asarray(g, dtype="float64")
-        for t, g in zip(theirs, step_grads):
+        for t, g in zip(theirs, step_grads, strict=True):
             t.grad = torch.tensor(g)
         opt.step()
         ref.step()
-        for p, t in zip(ours, theirs):
+        for p, t in zip(ours, theirs, strict=True):
             np.testing.assert_allclose(as_numpy(p.data), t.detach().numpy(), rtol=1e-12, atol=1e-12)
 
 

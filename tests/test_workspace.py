@@ -78,7 +78,7 @@ def test_chunked_functional_api_is_bit_identical(rng):
     dy = rng.standard_normal(y.shape).astype(np.float32)
     full = xpconv.conv2d_backward(dy, x, w, **kw)
     chunked = xpconv.conv2d_backward(dy, x, w, max_workspace_bytes=1, **kw)
-    for a, b_ in zip(full, chunked):
+    for a, b_ in zip(full, chunked, strict=True):
         assert np.array_equal(a, b_)
 
 
@@ -90,7 +90,7 @@ def test_chunked_results_match_on_every_backend(backend, rng, name):
     y_chunked, _ = conv_forward(xb, wb, bb, geom, max_workspace_bytes=1)
     np.testing.assert_allclose(as_numpy(y_chunked), as_numpy(y_one), rtol=1e-5, atol=1e-5)
     for one, chunked in zip(conv_backward(dyb, xb, wb, geom, cols=cols),
-                            conv_backward(dyb, xb, wb, geom, max_workspace_bytes=1)):
+                            conv_backward(dyb, xb, wb, geom, max_workspace_bytes=1), strict=True):
         np.testing.assert_allclose(as_numpy(chunked), as_numpy(one), rtol=1e-5, atol=1e-4)
 
 
@@ -134,7 +134,7 @@ def test_pointwise_convolution_copies_nothing(rng):
 def test_inputs_are_not_modified_when_chunked(rng):
     geom, x, w, b, dy = _setup("2d-padded", rng)
     saved = [a.copy() for a in (x, w, b, dy)]
-    _, cols = conv_forward(x, w, b, geom, max_workspace_bytes=1)
+    conv_forward(x, w, b, geom, max_workspace_bytes=1)
     conv_backward(dy, x, w, geom, max_workspace_bytes=1)
-    for a, a0 in zip((x, w, b, dy), saved):
+    for a, a0 in zip((x, w, b, dy), saved, strict=True):
         assert np.array_equal(a, a0)

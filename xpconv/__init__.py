@@ -1,7 +1,14 @@
 """xpconv: convolutional-network layers with explicit backward passes, written once against the Array API."""
-from .backends import (Backend, BackendUnavailableError, available_backends, get_backend, get_default_backend,
-                       set_default_backend, to_numpy)
-from .functional import (conv1d, conv1d_backward, conv2d, conv2d_backward, conv3d, conv3d_backward)
+from .backends import (
+    Backend,
+    BackendUnavailableError,
+    available_backends,
+    get_backend,
+    get_default_backend,
+    set_default_backend,
+    to_numpy,
+)
+from .functional import conv1d, conv1d_backward, conv2d, conv2d_backward, conv3d, conv3d_backward
 from .io import load, save
 
 __version__ = "0.1.0"

@@ -156,7 +156,7 @@ def _column_layout(geom: ConvGeometry, spatial: tuple[int, ...], max_overhead: f
     if math.prod(grid) > max_overhead * math.prod(out):
         return exact
     strides = [math.prod(padded[d + 1:]) for d in range(geom.nd)]
-    offsets = tuple(sum(k * d * s for k, d, s in zip(taps, geom.dilation, strides))
+    offsets = tuple(sum(k * d * s for k, d, s in zip(taps, geom.dilation, strides, strict=True))
                     for taps in itertools.product(*(range(k) for k in geom.kernel)))
     return WideLayout(geom, spatial, grid, out, (padded[0] + 1, *padded[1:]), offsets)
 

@@ -21,13 +21,14 @@ devices: the chunking policy is an argument.  Measurements behind the choices: d
 """
 from __future__ import annotations
 
-import math
+from collections.abc import Sequence
 from dataclasses import replace
 
 from array_api_compat import array_namespace, device
 
 from ._columns import ExactLayout, WideLayout, column_layout
 from ._geometry import ConvGeometry
+from ._typing import Array
 
 __all__ = ["DEFAULT_MAX_WORKSPACE_BYTES", "batch_chunks", "conv_forward", "conv_backward", "conv_backward_data",
            "columns_grad", "data_grad_geometry", "flipped_geometry", "flipped_transposed_weight"]
@@ -54,7 +55,8 @@ def batch_chunks(n: int, bytes_per_sample: int, max_workspace_bytes: int | None,
     return [slice(i, min(i + step, n)) for i in range(0, n, step)]
 
 
-def _chunks(n: int, elements_per_sample: int, x, geom: ConvGeometry, max_workspace_bytes, cache_chunk_bytes):
+def _chunks(n: int, elements_per_sample: int, x: Array, geom: ConvGeometry, max_workspace_bytes: int | None,
+            cache_chunk_bytes: int | None) -> list[slice]:
     """:func:`batch_chunks` for ``elements_per_sample`` elements of x's dtype; a pointwise convolution
     (no im2col, so nothing to keep in the caches) ignores the cache-sized policy."""
     itemsize = array_namespace(x).finfo(x.dtype).bits // 8
@@ -62,8 +64,9 @@ def _chunks(n: int, elements_per_sample: int, x, geom: ConvGeometry, max_workspa
                         None if geom.is_pointwise else cache_chunk_bytes)
 
 
-def conv_forward(x, weight, bias, geom: ConvGeometry, *, max_workspace_bytes=DEFAULT_MAX_WORKSPACE_BYTES,
-                 cache_chunk_bytes: int | None = None, keep_cols: bool = False):
+def conv_forward(x: Array, weight: Array, bias: Array | None, geom: ConvGeometry, *,
+                 max_workspace_bytes: int | None = DEFAULT_MAX_WORKSPACE_BYTES, cache_chunk_bytes: int | None = None,
+                 keep_cols: bool = False) -> tuple[Array, Array | None]:
     """y = W · cols(x) + b, one batched GEMM per chunk of the batch.
 
     Workspace per chunk: its columns (none for pointwise convolutions) and its GEMM result.
@@ -78,7 +81,7 @@ def conv_forward(x, weight, bias, geom: ConvGeometry, *, max_workspace_bytes=DEF
     per_sample = layout.columns_elements(c) + o * layout.length
     chunks = _chunks(n, per_sample, x, geom, max_workspace_bytes, cache_chunk_bytes)
     one_gemm = len(chunks) == 1 and not layout.has_extra_columns
-    y = None if one_gemm else xp.empty((n, o, *layout.out), dtype=x.dtype, device=device(x))
+    y: Array = None if one_gemm else xp.empty((n, o, *layout.out), dtype=x.dtype, device=device(x))
     cols = None
     for sl in chunks:
         cols = _gemm_columns(x[sl, ...], layout, g)                           # (m, G, Cg*K, L)
@@ -94,8 +97,9 @@ def conv_forward(x, weight, bias, geom: ConvGeometry, *, max_workspace_bytes=DEF
     return y, (cols if keep_cols and len(chunks) == 1 else None)
 
 
-def conv_backward(grad_output, x, weight, geom: ConvGeometry, *, cols=None, need_input_grad: bool = True,
-                  max_workspace_bytes=DEFAULT_MAX_WORKSPACE_BYTES, cache_chunk_bytes: int | None = None):
+def conv_backward(grad_output: Array, x: Array, weight: Array, geom: ConvGeometry, *, cols: Array | None = None,
+                  need_input_grad: bool = True, max_workspace_bytes: int | None = DEFAULT_MAX_WORKSPACE_BYTES,
+                  cache_chunk_bytes: int | None = None) -> tuple[Array | None, Array]:
     """(dL/dx or None, dL/dW) for y = conv(x, W); ``cols`` is forward's GEMM operand when kept.
 
     dL/dW = sum over the batch of dY · colsᵀ, added one sample after the other: chunking
@@ -112,7 +116,7 @@ def conv_backward(grad_output, x, weight, geom: ConvGeometry, *, cols=None, need
     w3 = xp.reshape(weight, (g, o // g, ck))
     as_conv = data_grad_geometry(geom, o, c) is not None
     fold_here = need_input_grad and not as_conv
-    grad_input = None
+    grad_input: Array = None
     if need_input_grad and as_conv:
         grad_input = conv_backward_data(grad_output, weight, geom, spatial, max_workspace_bytes=max_workspace_bytes,
                                         cache_chunk_bytes=cache_chunk_bytes)
@@ -141,8 +145,9 @@ def conv_backward(grad_output, x, weight, geom: ConvGeometry, *, cols=None, need
     return grad_input, xp.reshape(xp.matrix_transpose(grad_weight), weight.shape)
 
 
-def conv_backward_data(grad_output, weight, geom: ConvGeometry, spatial, *,
-                       max_workspace_bytes=DEFAULT_MAX_WORKSPACE_BYTES, cache_chunk_bytes: int | None = None):
+def conv_backward_data(grad_output: Array, weight: Array, geom: ConvGeometry, spatial: Sequence[int], *,
+                       max_workspace_bytes: int | None = DEFAULT_MAX_WORKSPACE_BYTES,
+                       cache_chunk_bytes: int | None = None) -> Array:
     """dL/dx (N, C, *spatial) of y = conv(x, W) from dL/dy (N, O, *out): also a transposed convolution's forward.
 
     conv(dY, flipped Wᵀ) where :func:`data_grad_geometry` allows it, else fold(Wᵀ · dY), chunk by
@@ -185,13 +190,13 @@ def flipped_geometry(geom: ConvGeometry) -> ConvGeometry | None:
     """Stride 1: the geometry of conv(dY, flipped Wᵀ), padded by dilation*(k-1) - padding;
     None for other strides or when the padding exceeds the kernel's reach."""
     pads = tuple((d * (k - 1) - lo, d * (k - 1) - hi)
-                 for k, d, (lo, hi) in zip(geom.kernel, geom.dilation, geom.padding))
+                 for k, d, (lo, hi) in zip(geom.kernel, geom.dilation, geom.padding, strict=True))
     if any(s != 1 for s in geom.stride) or min(p for pair in pads for p in pair) < 0:
         return None
     return replace(geom, padding=pads)
 
 
-def flipped_transposed_weight(weight, groups: int):
+def flipped_transposed_weight(weight: Array, groups: int) -> Array:
     """(O, C/G, *kernel) -> (C, O/G, *kernel), flipped along every kernel axis; a new, contiguous array.
 
     The copy matters: with one output channel per group (depthwise) a reshaped view of the flipped
@@ -205,7 +210,7 @@ def flipped_transposed_weight(weight, groups: int):
     return xp.reshape(w, (groups * cg, o // groups, *kernel), copy=True)
 
 
-def columns_grad(w3, dy):
+def columns_grad(w3: Array, dy: Array) -> Array:
     """dcols = Wᵀ · dY per group: w3 (G, O/G, Cg*K), dy (m, G, O/G, L) -> (m, G, Cg*K, L).
 
     With one output channel per group (depthwise) each entry is a single product, so a
@@ -217,13 +222,13 @@ def columns_grad(w3, dy):
     return xp.matmul(xp.matrix_transpose(w3), dy)
 
 
-def _gemm_columns(x, layout: ExactLayout | WideLayout, groups: int):
+def _gemm_columns(x: Array, layout: ExactLayout | WideLayout, groups: int) -> Array:
     """The GEMM operand for x (m, C, *spatial): its columns viewed as (m, G, (C // G) * K, length)."""
     m, c = x.shape[:2]
     return array_namespace(x).reshape(layout.columns(x), (m, groups, (c // groups) * layout.taps, layout.length))
 
 
-def _fold(dcols, layout: ExactLayout | WideLayout):
+def _fold(dcols: Array, layout: ExactLayout | WideLayout) -> Array:
     """dcols (m, G, (C // G) * K, length) folded back to dL/dx (m, C, *spatial)."""
     m, c = dcols.shape[0], dcols.shape[1] * dcols.shape[2] // layout.taps
     return layout.fold(array_namespace(dcols).reshape(dcols, (m, c, layout.taps, layout.length)))

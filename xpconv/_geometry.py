@@ -54,15 +54,15 @@ class ConvGeometry:
 
     def output_shape(self, spatial) -> tuple[int, ...]:
         return tuple(conv_output_size(*a) for a in zip(spatial, self.kernel, self.stride, self.padding,
-                                                       self.dilation))
+                                                       self.dilation, strict=True))
 
     def padded_shape(self, spatial) -> tuple[int, ...]:
         """The spatial shape of x once padded on both sides."""
-        return tuple(s + lo + hi for s, (lo, hi) in zip(spatial, self.padding))
+        return tuple(s + lo + hi for s, (lo, hi) in zip(spatial, self.padding, strict=True))
 
     def interior(self, spatial) -> tuple[slice, ...]:
         """Where x lies inside its padded copy."""
-        return tuple(slice(lo, lo + s) for s, (lo, _) in zip(spatial, self.padding))
+        return tuple(slice(lo, lo + s) for s, (lo, _) in zip(spatial, self.padding, strict=True))
 
     @property
     def is_padded(self) -> bool:
@@ -71,7 +71,8 @@ class ConvGeometry:
     @cached_property
     def is_pointwise(self) -> bool:
         """True when cols is just x: 1x..x1 kernel, stride 1, no padding (no im2col needed)."""
-        return all(k == 1 and s == 1 and p == (0, 0) for k, s, p in zip(self.kernel, self.stride, self.padding))
+        return all(k == 1 and s == 1 and p == (0, 0)
+                   for k, s, p in zip(self.kernel, self.stride, self.padding, strict=True))
 
     def windows(self, spatial):
         """Per kernel tap: (tap index, output slices, input slices, covers the whole output); cached."""
@@ -90,14 +91,15 @@ def _windows(geom: ConvGeometry, spatial: tuple[int, ...]) -> tuple:
     out = geom.output_shape(spatial)
     per_axis = [
         [(k, _window(size, o, k, s, p[0], d)) for k in range(kk)]
-        for size, o, kk, s, p, d in zip(spatial, out, geom.kernel, geom.stride, geom.padding, geom.dilation)
+        for size, o, kk, s, p, d in zip(spatial, out, geom.kernel, geom.stride, geom.padding, geom.dilation,
+                                        strict=True)
     ]
     windows = []
     for taps in itertools.product(*per_axis):
         if any(w is None for _, w in taps):
             continue
         out_sl = tuple(w[0] for _, w in taps)
-        full = all(sl.stop - sl.start == o for sl, o in zip(out_sl, out))
+        full = all(sl.stop - sl.start == o for sl, o in zip(out_sl, out, strict=True))
         windows.append((tuple(k for k, _ in taps), out_sl, tuple(w[1] for _, w in taps), full))
     return tuple(windows)
 
@@ -120,7 +122,7 @@ def make_geometry(kernel, stride, padding, dilation, groups) -> ConvGeometry:
         elif padding == "same":
             if any(s != 1 for s in stride):
                 raise ValueError(f"padding='same' needs stride 1 (as in PyTorch), got stride={stride}")
-            totals = [d * (k - 1) for d, k in zip(dilation, kernel)]
+            totals = [d * (k - 1) for d, k in zip(dilation, kernel, strict=True)]
             pads = tuple((t // 2, t - t // 2) for t in totals)
         else:
             raise ValueError(f"padding must be an int, a tuple of ints, 'valid' or 'same', got {padding!r}")

@@ -10,6 +10,7 @@ policy comes from the inputs' :class:`~xpconv.backends.Backend`.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,12 +19,13 @@ from array_api_compat import array_namespace, device
 from ._columns import col2im, im2col
 from ._engine import DEFAULT_MAX_WORKSPACE_BYTES, conv_backward, conv_backward_data, conv_forward
 from ._geometry import ConvGeometry, make_geometry
+from ._typing import Array
 from .backends import Backend, library_of
 
 __all__ = ["ConvContext", "namespace_of", "weight_geometry", "prepare", "conv", "conv_grads",
            "conv_transpose", "conv_transpose_grads", "unfold", "fold", "DEFAULT_MAX_WORKSPACE_BYTES"]
 
-def namespace_of(*arrays, names=None):
+def namespace_of(*arrays: Array | None, names: Sequence[str] | None = None) -> Any:
     """The common Array API namespace of ``arrays`` (None entries skipped).
 
     Raises TypeError for non-arrays, arrays of different libraries or different
@@ -31,7 +33,7 @@ def namespace_of(*arrays, names=None):
     converts or copies silently.
     """
     names = names or [f"argument {i}" for i in range(len(arrays))]
-    given = [(n, a) for n, a in zip(names, arrays) if a is not None]
+    given = [(n, a) for n, a in zip(names, arrays, strict=True) if a is not None]
     for name, a in given:
         try:
             array_namespace(a)
@@ -63,21 +65,21 @@ class ConvContext:
     """What backward needs from forward: x (N, C, *s) and weight (O, Cg, *k) channels-first, and cols."""
 
     xp: Any
-    x: Any
-    weight: Any
+    x: Array
+    weight: Array
     geom: ConvGeometry
     batched: bool
     channels_last: bool
-    out_shape: tuple
+    out_shape: tuple[int, ...]
     cache_chunk_bytes: int | None
-    cols: Any = None
+    cols: Array | None = None
 
 
 def _weight_layout(channels_last: bool) -> str:
     return "(O, *kernel, C // groups)" if channels_last else "(O, C // groups, *kernel)"
 
 
-def _check_ranks(nd: int, x, weight, channels_last: bool) -> None:
+def _check_ranks(nd: int, x: Array, weight: Array, channels_last: bool) -> None:
     layout = "(N, *spatial, C)" if channels_last else "(N, C, *spatial)"
     if x.ndim not in (nd + 1, nd + 2):
         raise ValueError(f"conv{nd}d expects x of rank {nd + 2} {layout} or {nd + 1} (unbatched), "
@@ -87,7 +89,8 @@ def _check_ranks(nd: int, x, weight, channels_last: bool) -> None:
                          f"got shape {tuple(weight.shape)}")
 
 
-def weight_geometry(nd: int, x, weight, stride, padding, dilation, groups, channels_last: bool) -> ConvGeometry:
+def weight_geometry(nd: int, x: Array, weight: Array, stride: int | Sequence[int], padding: int | Sequence[int] | str,
+                    dilation: int | Sequence[int], groups: int, channels_last: bool) -> ConvGeometry:
     """The validated geometry of an ``nd``-d convolution of x whose kernel is ``weight``'s (functional API)."""
     namespace_of(x, weight, names=["x", "weight"])
     _check_ranks(nd, x, weight, channels_last)
@@ -97,20 +100,21 @@ def weight_geometry(nd: int, x, weight, stride, padding, dilation, groups, chann
     return make_geometry(tuple(kernel), stride, padding, dilation, groups)
 
 
-def _to_channels_first(xp, a, channels_last: bool):
+def _to_channels_first(xp: Any, a: Array, channels_last: bool) -> Array:
     """(N, *spatial, C) -> (N, C, *spatial) as a view; identity when channels-first already."""
     if not channels_last:
         return a
     return xp.permute_dims(a, (0, a.ndim - 1, *range(1, a.ndim - 1)))
 
 
-def _from_channels_first(xp, a, channels_last: bool):
+def _from_channels_first(xp: Any, a: Array, channels_last: bool) -> Array:
     if not channels_last:
         return a
     return xp.permute_dims(a, (0, *range(2, a.ndim), 1))
 
 
-def prepare(x, weight, bias, geom: ConvGeometry, *, channels_last: bool = False, grad_output=None) -> ConvContext:
+def prepare(x: Array, weight: Array, bias: Array | None, geom: ConvGeometry, *, channels_last: bool = False,
+            grad_output: Array | None = None) -> ConvContext:
     """Validate x, weight and bias against ``geom``; put x and weight channels-first and batched."""
     xp = namespace_of(x, weight, bias, grad_output, names=["x", "weight", "bias", "grad_output"])
     _check_ranks(geom.nd, x, weight, channels_last)
@@ -132,7 +136,7 @@ def prepare(x, weight, bias, geom: ConvGeometry, *, channels_last: bool = False,
                          f"{cg * g} (weight shape {tuple(weight.shape)})")
     out = geom.output_shape(x.shape[2:])
     if any(s < 1 for s in out):
-        span = [d * (k - 1) + 1 for d, k in zip(geom.dilation, kernel)]
+        span = [d * (k - 1) + 1 for d, k in zip(geom.dilation, kernel, strict=True)]
         raise ValueError(f"kernel extent {span} (dilation included) is larger than the padded input "
                          f"{list(geom.padded_shape(x.shape[2:]))}")
     if bias is not None and (bias.ndim != 1 or bias.shape[0] != o):
@@ -141,13 +145,14 @@ def prepare(x, weight, bias, geom: ConvGeometry, *, channels_last: bool = False,
                        Backend.from_array(x).cache_chunk_bytes)
 
 
-def _finish(xp, a, batched: bool, channels_last: bool):
+def _finish(xp: Any, a: Array, batched: bool, channels_last: bool) -> Array:
     a = _from_channels_first(xp, a, channels_last)
     return a if batched else a[0, ...]
 
 
-def conv(x, weight, bias, geom: ConvGeometry, *, channels_last: bool = False,
-         max_workspace_bytes=DEFAULT_MAX_WORKSPACE_BYTES, keep_cols: bool = False):
+def conv(x: Array, weight: Array, bias: Array | None, geom: ConvGeometry, *, channels_last: bool = False,
+         max_workspace_bytes: int | None = DEFAULT_MAX_WORKSPACE_BYTES,
+         keep_cols: bool = False) -> tuple[Array, ConvContext]:
     """Validated forward pass: (y in the caller's layout, the :class:`ConvContext` backward needs)."""
     ctx = prepare(x, weight, bias, geom, channels_last=channels_last)
     y, ctx.cols = conv_forward(ctx.x, ctx.weight, bias, geom, max_workspace_bytes=max_workspace_bytes,
@@ -155,8 +160,8 @@ def conv(x, weight, bias, geom: ConvGeometry, *, channels_last: bool = False,
     return _finish(ctx.xp, y, ctx.batched, channels_last), ctx
 
 
-def conv_grads(ctx: ConvContext, grad_output, *, max_workspace_bytes=DEFAULT_MAX_WORKSPACE_BYTES,
-               need_input_grad: bool = True):
+def conv_grads(ctx: ConvContext, grad_output: Array, *, max_workspace_bytes: int | None = DEFAULT_MAX_WORKSPACE_BYTES,
+               need_input_grad: bool = True) -> tuple[Array | None, Array, Array]:
     """(grad_input or None, grad_weight, grad_bias) in the caller's layout, from forward's context."""
     xp, nd = ctx.xp, ctx.geom.nd
     namespace_of(ctx.x, grad_output, names=["x", "grad_output"])
@@ -179,8 +184,8 @@ def conv_grads(ctx: ConvContext, grad_output, *, max_workspace_bytes=DEFAULT_MAX
 
 
 # -- the transposed convolution: the convolution's data gradient used as a forward --------------------
-def conv_transpose(x, weight, bias, geom: ConvGeometry, out_spatial, *,
-                   max_workspace_bytes=DEFAULT_MAX_WORKSPACE_BYTES):
+def conv_transpose(x: Array, weight: Array, bias: Array | None, geom: ConvGeometry, out_spatial: Sequence[int], *,
+                   max_workspace_bytes: int | None = DEFAULT_MAX_WORKSPACE_BYTES) -> Array:
     """y (N, out, *out_spatial) = col2im(Wᵀ · x) + b for x (N, in, *spatial) and weight (in, out // G, *kernel).
 
     It is dL/dz of the associated convolution z (N, out, *out_spatial) -> (N, in, *spatial) for dL/d(output) = x.
@@ -193,8 +198,8 @@ def conv_transpose(x, weight, bias, geom: ConvGeometry, out_spatial, *,
     return y
 
 
-def conv_transpose_grads(x, weight, geom: ConvGeometry, grad_output, *,
-                         max_workspace_bytes=DEFAULT_MAX_WORKSPACE_BYTES):
+def conv_transpose_grads(x: Array, weight: Array, geom: ConvGeometry, grad_output: Array, *,
+                         max_workspace_bytes: int | None = DEFAULT_MAX_WORKSPACE_BYTES) -> tuple[Array, Array, Array]:
     """(grad_input, grad_weight, grad_bias) of :func:`conv_transpose` at x for grad_output = dL/dy.
 
     grad_input is the associated convolution's forward of grad_output, grad_weight that convolution's
@@ -211,14 +216,14 @@ def conv_transpose_grads(x, weight, geom: ConvGeometry, grad_output, *,
 
 
 # -- windows, for pooling ---------------------------------------------------------------------------
-def unfold(x, geom: ConvGeometry):
+def unfold(x: Array, geom: ConvGeometry) -> Array:
     """x (N, C, *spatial) -> windows (N, C, K, *out): each output position's kernel window, padding as zeros."""
     xp = array_namespace(x)
     n, c, *spatial = x.shape
     return xp.reshape(im2col(x, geom), (n, c, math.prod(geom.kernel), *geom.output_shape(spatial)))
 
 
-def fold(windows, geom: ConvGeometry, spatial):
+def fold(windows: Array, geom: ConvGeometry, spatial: Sequence[int]) -> Array:
     """The adjoint of :func:`unfold`: window gradients (N, C, K, *out) summed back into (N, C, *spatial)."""
     xp = array_namespace(windows)
     n, c, _, *out = windows.shape

@@ -19,6 +19,7 @@ import tracemalloc
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
+from types import ModuleType
 from typing import Any, ClassVar
 
 import numpy as np
@@ -30,6 +31,8 @@ from array_api_compat import (
     is_numpy_array,
     is_torch_array,
 )
+
+from ._typing import Array, Device
 
 __all__ = [
     "Backend",
@@ -66,8 +69,8 @@ class Backend:
     Build one with :func:`get_backend` (by name) or :meth:`Backend.from_array` (from an array).
     """
 
-    xp: Any
-    device: Any
+    xp: Any                        # the Array API namespace (array-api-compat's wrapper, or array_api_strict)
+    device: Device
 
     name: ClassVar[str]
     module: ClassVar[str]          # the library's import name
@@ -92,7 +95,7 @@ class Backend:
         return None if self.is_gpu else CPU_CHUNK_BYTES
 
     # -- arrays ------------------------------------------------------------------------------------
-    def asarray(self, x, dtype=None):
+    def asarray(self, x: Any, dtype: Any = None) -> Array:
         """``x`` (any array, list or scalar) as an array of this backend, on its device.
 
         Arrays of another library go through host memory explicitly; this is the one place where
@@ -104,7 +107,7 @@ class Backend:
             x = to_numpy(x)
         return self.xp.asarray(x, dtype=dtype, device=self.device)
 
-    def dtype(self, name):
+    def dtype(self, name: Any) -> Any:
         """The floating dtype called ``name`` ("float32"/"float64") in this namespace."""
         if not isinstance(name, str):
             return name
@@ -113,7 +116,7 @@ class Backend:
         return getattr(self.xp, name)
 
     @staticmethod
-    def to_numpy(x) -> np.ndarray:
+    def to_numpy(x: Array) -> np.ndarray:
         """A host NumPy array of ``x``, an array of this library."""
         return np.asarray(x)
 
@@ -148,7 +151,7 @@ class Backend:
 
     # -- construction ------------------------------------------------------------------------------
     @staticmethod
-    def from_array(x) -> Backend:
+    def from_array(x: Array) -> Backend:
         """The backend (library and device) that array ``x`` belongs to; TypeError for non-arrays."""
         name = library_of(x)
         if name is None:
@@ -168,7 +171,7 @@ class NumpyBackend(Backend):
     def measures_memory(self) -> bool:
         return True
 
-    def peak_bytes(self, fn):
+    def peak_bytes(self, fn: Callable[[], object]) -> int | None:
         """NumPy reports its buffers to tracemalloc: the peak above what was allocated before the call."""
         gc.collect()
         tracemalloc.start()
@@ -186,7 +189,7 @@ class ArrayApiStrictBackend(Backend):
     install_hint = 'pip install array-api-strict  (or "xpconv[test]")'
 
     @staticmethod
-    def to_numpy(x) -> np.ndarray:
+    def to_numpy(x: Array) -> np.ndarray:
         return np.from_dlpack(x)
 
 
@@ -203,13 +206,13 @@ class CupyBackend(Backend):
         return f"cuda:{self.device.id}"
 
     @staticmethod
-    def to_numpy(x) -> np.ndarray:
+    def to_numpy(x: Array) -> np.ndarray:
         return x.get()
 
     def synchronize(self) -> None:
         self.device.synchronize()
 
-    def times(self, fn, repeats, warmup):
+    def times(self, fn: Callable[[], object], repeats: int, warmup: int) -> list[float]:
         """GPU seconds per call, from CUDA events around each call (``cupyx.profiler.benchmark``)."""
         from cupyx.profiler import benchmark
 
@@ -220,7 +223,7 @@ class CupyBackend(Backend):
     def measures_memory(self) -> bool:
         return True
 
-    def peak_bytes(self, fn):
+    def peak_bytes(self, fn: Callable[[], object]) -> int | None:
         """Bytes CuPy's memory pool had to grow by during one call: the device-memory peak of ``fn``."""
         import cupy
 
@@ -244,7 +247,7 @@ class TorchBackend(Backend):
         return self.device.type == "cuda"
 
     @staticmethod
-    def to_numpy(x) -> np.ndarray:
+    def to_numpy(x: Array) -> np.ndarray:
         return x.detach().cpu().numpy()
 
     def synchronize(self) -> None:
@@ -253,7 +256,7 @@ class TorchBackend(Backend):
 
             torch.cuda.synchronize(self.device)
 
-    def times(self, fn, repeats, warmup):
+    def times(self, fn: Callable[[], object], repeats: int, warmup: int) -> list[float]:
         """Wall clock on the CPU; on CUDA, device seconds from a pair of events recorded around each call."""
         if not self.is_gpu:
             return super().times(fn, repeats, warmup)
@@ -277,7 +280,7 @@ class TorchBackend(Backend):
     def measures_memory(self) -> bool:
         return self.is_gpu
 
-    def peak_bytes(self, fn):
+    def peak_bytes(self, fn: Callable[[], object]) -> int | None:
         """Peak CUDA bytes of torch's caching allocator on this device during one call (None on the CPU)."""
         if not self.is_gpu:
             return super().peak_bytes(fn)
@@ -298,7 +301,7 @@ LIBRARY_NAMES = tuple(_CLASSES)           # the array libraries, each listed her
 BACKEND_NAMES = (*LIBRARY_NAMES, "auto")
 
 
-def library_of(x) -> str | None:
+def library_of(x: object) -> str | None:
     """The backend name of array ``x``'s library ("numpy", "cupy", ...), or None for anything else."""
     if is_numpy_array(x):
         return "numpy"
@@ -311,21 +314,21 @@ def library_of(x) -> str | None:
     return None
 
 
-def _compat_namespace(name: str):
+def _compat_namespace(name: str) -> Any:
     """The Array API namespace xpconv uses for library ``name`` (array-api-compat's wrapper where there is one)."""
     if name == "array_api_strict":
         return importlib.import_module("array_api_strict")
     return importlib.import_module(f"array_api_compat.{name}")
 
 
-def _device_of(x):
+def _device_of(x: Array) -> Device:
     from array_api_compat import device
 
     dev = device(x)
     return "cpu" if library_of(x) == "numpy" else dev
 
 
-def to_numpy(x) -> np.ndarray:
+def to_numpy(x: Any) -> np.ndarray:
     """A NumPy copy (or view, for NumPy input) of array ``x`` from any backend, on the host."""
     name = library_of(x)
     return _CLASSES[name].to_numpy(x) if name else np.asarray(x)
@@ -355,7 +358,7 @@ def torch_cuda_device_count() -> int:
         return 0
 
 
-def _import(name: str):
+def _import(name: str) -> ModuleType:
     try:
         return importlib.import_module(_CLASSES[name].module)
     except ImportError as exc:
@@ -364,7 +367,7 @@ def _import(name: str):
         ) from None
 
 
-def _check_index(device, count: int, what: str) -> int:
+def _check_index(device: Device, count: int, what: str) -> int:
     index = 0 if device is None else device
     if isinstance(index, str) and index.startswith("cuda"):
         index = index.partition(":")[2] or "0"
@@ -377,7 +380,7 @@ def _check_index(device, count: int, what: str) -> int:
     return index
 
 
-def _make(name: str, device) -> Backend:
+def _make(name: str, device: Device) -> Backend:
     if name not in _CLASSES:
         raise ValueError(f"unknown backend {name!r}; valid backends are: {', '.join(BACKEND_NAMES)}")
     lib = _import(name)
@@ -413,7 +416,7 @@ def _normalize(name: str) -> str:
     return name.lower().replace("-", "_")
 
 
-def get_backend(name: str | Backend | None = None, device=None) -> Backend:
+def get_backend(name: str | Backend | None = None, device: Device = None) -> Backend:
     """Resolve a backend name ("numpy", "cupy", "torch", "array_api_strict", "auto").
 
     ``None`` means the default (see :func:`get_default_backend`).  ``"auto"``
@@ -452,13 +455,13 @@ def set_default_backend(name: str | None) -> None:
     _default_name = name
 
 
-def available_backends() -> dict[str, dict]:
+def available_backends() -> dict[str, dict[str, Any]]:
     """Which backends are installed and usable here, with versions and devices.
 
     Returns ``{name: {"installed": bool, "usable": bool, "version": str|None,
     "devices": [str], "note": str}}`` for numpy, cupy, torch and array_api_strict.
     """
-    report = {}
+    report: dict[str, dict[str, Any]] = {}
     for name, cls in _CLASSES.items():
         entry: dict[str, Any] = {"installed": False, "usable": False, "version": None, "devices": [], "note": ""}
         try:

@@ -8,13 +8,16 @@ from __future__ import annotations
 
 import gzip
 import math
+import os
 import zlib
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
 
-from .backends import get_backend, to_numpy
+from ._typing import Array, Device
+from .backends import Backend, get_backend, to_numpy
 from .io import read_npz
 from .validation import positive_int
 
@@ -51,8 +54,9 @@ class DataLoader:
     labels.  The same ``seed`` gives the same sequence of batches.
     """
 
-    def __init__(self, x, y, batch_size: int = 64, shuffle: bool = True, seed: int | None = None,
-                 backend=None, device=None, dtype: str = "float32", drop_last: bool = False):
+    def __init__(self, x: Array, y: Array, batch_size: int = 64, shuffle: bool = True,
+                 seed: int | Sequence[int] | None = None, backend: str | Backend | None = None, device: Device = None,
+                 dtype: str = "float32", drop_last: bool = False) -> None:
         self.x, self.y = np.asarray(to_numpy(x)), np.asarray(to_numpy(y))
         if self.x.ndim < 1 or self.y.ndim != 1 or self.x.shape[0] != self.y.shape[0]:
             raise ValueError(f"x (N, ...) and y (N,) must have the same length N, got shapes {self.x.shape} "
@@ -71,7 +75,7 @@ class DataLoader:
         n = self.x.shape[0]
         return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
 
-    def __iter__(self):
+    def __iter__(self) -> Iterator[tuple[Array, Array]]:
         n = self.x.shape[0]
         order = self._rng.permutation(n) if self.shuffle else np.arange(n)
         for i in range(len(self)):
@@ -105,7 +109,7 @@ _IDX_TYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0
 IDX_IMAGES_MAGIC, IDX_LABELS_MAGIC = 0x00000803, 0x00000801
 
 
-def read_idx(path, expected_magic: int | None = None) -> np.ndarray:
+def read_idx(path: str | os.PathLike[str], expected_magic: int | None = None) -> np.ndarray:
     """Parse one IDX file (gzip-compressed or not): ``00 00 <type> <ndim>``, ndim big-endian uint32 sizes, data.
 
     Raises ValueError on a wrong magic number, an unknown type, or a size that does not
@@ -175,7 +179,7 @@ def _load_mnist_npz(path: Path) -> Dataset:
     return Dataset(x_train, y_train, x_test, y_test, "mnist")
 
 
-def load_mnist(path) -> Dataset:
+def load_mnist(path: str | os.PathLike[str]) -> Dataset:
     """MNIST from files you already have: ``mnist.npz`` (x_train, y_train, x_test, y_test) or the IDX files.
 
     ``path`` is an ``.npz`` file or a directory holding ``mnist.npz`` or
@@ -190,15 +194,16 @@ def load_mnist(path) -> Dataset:
         raise FileNotFoundError(f"MNIST path {path} does not exist")
     if (path / "mnist.npz").is_file():
         return _load_mnist_npz(path / "mnist.npz")
-    splits = []
+    splits: list[np.ndarray] = []
     for split in ("train", "test"):
         images = read_idx(_find_idx(path, split, "images"), IDX_IMAGES_MAGIC)
         labels = read_idx(_find_idx(path, split, "labels"), IDX_LABELS_MAGIC)
         splits += _check_split(images, labels, f"{path} ({split})")
-    return Dataset(*splits, "mnist")
+    x_train, y_train, x_test, y_test = splits
+    return Dataset(x_train, y_train, x_test, y_test, "mnist")
 
 
-def load_dataset(name: str, data_dir=None, seed: int = 0) -> Dataset:
+def load_dataset(name: str, data_dir: str | os.PathLike[str] | None = None, seed: int = 0) -> Dataset:
     """A data set by name: "digits" (scikit-learn, split with ``seed``) or "mnist" (files in ``data_dir``).
 
     The MNIST training set is shuffled with ``seed`` so that a subset of it is balanced.

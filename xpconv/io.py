@@ -15,8 +15,17 @@ import tempfile
 import zipfile
 import zlib
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+from ._typing import Device
+
+if TYPE_CHECKING:
+    from .backends import Backend
+    from .nn.module import Module
+
+StrPath = str | os.PathLike[str]
 
 __all__ = ["save", "load", "read_metadata", "read_npz", "FORMAT", "FORMAT_VERSION"]
 
@@ -24,7 +33,7 @@ FORMAT, FORMAT_VERSION = "xpconv-model", 1
 _META_KEY = "__xpconv_meta__"
 
 
-def read_npz(path) -> dict[str, np.ndarray]:
+def read_npz(path: StrPath) -> dict[str, np.ndarray]:
     """Every array of the ``.npz`` file at ``path``, read fully into memory.
 
     FileNotFoundError when missing; ValueError naming the file when it is not a
@@ -45,7 +54,7 @@ def read_npz(path) -> dict[str, np.ndarray]:
         raise ValueError(f"{path}: not a readable .npz file, it may be truncated or corrupt ({exc})") from None
 
 
-def save(model, path, metadata: dict | None = None) -> Path:
+def save(model: Module, path: StrPath, metadata: dict[str, Any] | None = None) -> Path:
     """Write ``model.state_dict()`` and metadata to ``path`` (an ``.npz`` file); returns the path.
 
     The file is written to a temporary name first and then renamed, so an
@@ -54,15 +63,17 @@ def save(model, path, metadata: dict | None = None) -> Path:
     """
     path = Path(path)
     state = model.state_dict()
-    if _META_KEY in state:
-        raise ValueError(f"state dict key {_META_KEY!r} is reserved")
+    reserved = sorted({_META_KEY, "file", "allow_pickle"} & set(state))   # ours, and np.savez's own arguments
+    if reserved:
+        raise ValueError(f"state dict keys {reserved} are reserved in .npz model files; rename those attributes")
     meta = {"format": FORMAT, "version": FORMAT_VERSION, "arch": getattr(model, "arch", None),
             "extra": metadata or {}}
     state[_META_KEY] = np.array(json.dumps(meta))
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
-            np.savez(f, **state)
+            # numpy's stub types **kwds as if they could be savez's allow_pickle flag; reserved keys are refused above.
+            np.savez(f, **state)  # type: ignore[arg-type]
         os.replace(tmp, path)
     except BaseException:
         os.unlink(tmp)
@@ -70,7 +81,7 @@ def save(model, path, metadata: dict | None = None) -> Path:
     return path
 
 
-def _read(path) -> tuple[dict[str, np.ndarray], dict]:
+def _read(path: StrPath) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     """(state dict, metadata) of a file written by :func:`save`; ValueError if it is not one."""
     arrays = read_npz(path)
     if _META_KEY not in arrays:
@@ -87,12 +98,13 @@ def _read(path) -> tuple[dict[str, np.ndarray], dict]:
     return arrays, meta
 
 
-def read_metadata(path) -> dict:
+def read_metadata(path: StrPath) -> dict[str, Any]:
     """The metadata of a saved model: ``format``, ``version``, ``arch`` and the caller's ``extra`` dict."""
     return _read(path)[1]
 
 
-def load(path, model=None, *, backend=None, device=None):
+def load(path: StrPath, model: Module | None = None, *, backend: str | Backend | None = None,
+         device: Device = None) -> Module:
     """Load a model saved by :func:`save`; returns it.
 
     With ``model``, its parameters and buffers are replaced by the file's (the

@@ -1,15 +1,20 @@
 """Ready-made models, each rebuildable from the ``arch`` record that :func:`xpconv.save` stores."""
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 from . import nn
+from ._typing import Device
+from .backends import Backend
 
 __all__ = ["small_cnn", "build_model", "MODELS"]
 
 
 def small_cnn(in_channels: int = 1, num_classes: int = 10, image_size: int = 8, channels: tuple[int, int] = (32, 64),
-              *, backend=None, device=None, dtype: str = "float32", seed: int | None = 0) -> nn.Sequential:
+              *, backend: str | Backend | None = None, device: Device = None, dtype: str = "float32",
+              seed: int | None = 0) -> nn.Sequential:
     """conv3x3-ReLU-maxpool2 -> conv3x3-ReLU-maxpool2 -> flatten -> linear.
 
     Input (N, in_channels, image_size, image_size); output logits (N, num_classes).
@@ -36,7 +41,7 @@ def small_cnn(in_channels: int = 1, num_classes: int = 10, image_size: int = 8, 
 MODELS = {"small_cnn": small_cnn}
 
 
-def build_model(arch: dict, *, backend=None, device=None):
+def build_model(arch: dict[str, Any], *, backend: str | Backend | None = None, device: Device = None) -> nn.Module:
     """The model an ``arch`` record ``{"name": ..., "kwargs": {...}}`` describes, on ``backend``/``device``."""
     if not isinstance(arch, dict) or arch.get("name") not in MODELS or not isinstance(arch.get("kwargs", {}), dict):
         raise ValueError(f"unknown architecture {arch!r}; known: {', '.join(MODELS)}")

@@ -10,9 +10,12 @@ so an array the user handed in is never modified.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
+from typing import Any
 
 from array_api_compat import array_namespace
 
+from ._typing import Array
 from .nn.module import Parameter
 from .validation import check_real
 
@@ -22,7 +25,9 @@ __all__ = ["Optimizer", "SGD", "Adam", "AdamW"]
 class Optimizer:
     """Base class: a list of parameters, ``zero_grad()`` and per-parameter ``state`` dicts."""
 
-    def __init__(self, params):
+    lr: float  # every optimizer has a learning rate, which a schedule may change between steps
+
+    def __init__(self, params: Iterable[Parameter]) -> None:
         self.params = list(params)
         if not self.params:
             raise ValueError("optimizer got an empty parameter list")
@@ -32,7 +37,7 @@ class Optimizer:
                                 f"got {type(p).__name__}")
         if len({id(p) for p in self.params}) != len(self.params):
             raise ValueError("optimizer params contain the same Parameter more than once")
-        self.state: list[dict] = [{} for _ in self.params]
+        self.state: list[dict[str, Any]] = [{} for _ in self.params]
 
     def zero_grad(self) -> None:
         """Reset every parameter's ``.grad`` to zeros (same shape, dtype and device)."""
@@ -40,13 +45,14 @@ class Optimizer:
             p.grad = array_namespace(p.data).zeros_like(p.data)
 
     def step(self) -> None:
-        for p, state in zip(self.params, self.state):
+        for p, state in zip(self.params, self.state, strict=True):
             if tuple(p.grad.shape) != tuple(p.data.shape):
                 raise ValueError(f"gradient shape {tuple(p.grad.shape)} does not match parameter shape "
                                  f"{tuple(p.data.shape)}")
             p.data = self._update(array_namespace(p.data, p.grad), p.data, p.grad, state)
 
-    def _update(self, xp, param, grad, state):  # pragma: no cover - every optimizer overrides it
+    def _update(self, xp: Any, param: Array, grad: Array,
+                state: dict[str, Any]) -> Array:  # pragma: no cover - every optimizer overrides it
         raise NotImplementedError
 
 
@@ -58,8 +64,8 @@ class SGD(Optimizer):
     (Nesterov) or ``g = buf``; finally ``p = p - lr * g``.
     """
 
-    def __init__(self, params, lr: float, momentum: float = 0.0, dampening: float = 0.0, nesterov: bool = False,
-                 weight_decay: float = 0.0):
+    def __init__(self, params: Iterable[Parameter], lr: float, momentum: float = 0.0, dampening: float = 0.0,
+                 nesterov: bool = False, weight_decay: float = 0.0) -> None:
         super().__init__(params)
         self.lr = check_real("lr", lr, 0.0)
         self.momentum = check_real("momentum", momentum, 0.0)
@@ -69,7 +75,7 @@ class SGD(Optimizer):
         if self.nesterov and (self.momentum == 0 or self.dampening != 0):
             raise ValueError("nesterov=True needs momentum > 0 and dampening = 0")
 
-    def _update(self, xp, param, grad, state):
+    def _update(self, xp: Any, param: Array, grad: Array, state: dict[str, Any]) -> Array:
         g = grad + self.weight_decay * param if self.weight_decay else grad
         if self.momentum:
             buf = state.get("momentum_buffer")
@@ -88,8 +94,8 @@ class Adam(Optimizer):
     otherwise ``weight_decay * p`` is added to the gradient.
     """
 
-    def __init__(self, params, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
-                 weight_decay: float = 0.0, decoupled_weight_decay: bool = False):
+    def __init__(self, params: Iterable[Parameter], lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
+                 eps: float = 1e-8, weight_decay: float = 0.0, decoupled_weight_decay: bool = False) -> None:
         super().__init__(params)
         self.lr = check_real("lr", lr, 0.0)
         if not isinstance(betas, (tuple, list)) or len(betas) != 2:
@@ -100,7 +106,7 @@ class Adam(Optimizer):
         self.weight_decay = check_real("weight_decay", weight_decay, 0.0)
         self.decoupled_weight_decay = bool(decoupled_weight_decay)
 
-    def _update(self, xp, param, grad, state):
+    def _update(self, xp: Any, param: Array, grad: Array, state: dict[str, Any]) -> Array:
         beta1, beta2 = self.betas
         if self.weight_decay and self.decoupled_weight_decay:
             param = param * (1.0 - self.lr * self.weight_decay)
@@ -120,6 +126,6 @@ class Adam(Optimizer):
 class AdamW(Adam):
     """Adam with decoupled weight decay (torch.optim.AdamW; default ``weight_decay=0.01``)."""
 
-    def __init__(self, params, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
-                 weight_decay: float = 1e-2):
+    def __init__(self, params: Iterable[Parameter], lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
+                 eps: float = 1e-8, weight_decay: float = 1e-2) -> None:
         super().__init__(params, lr, betas, eps, weight_decay, decoupled_weight_decay=True)

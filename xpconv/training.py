@@ -9,14 +9,18 @@ is built on :func:`fit`.
 from __future__ import annotations
 
 import math
+import os
 import sys
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
+from typing import Any
 
 from array_api_compat import array_namespace
 
+from ._typing import Array
 from .data import DataLoader, Dataset
-from .nn import CrossEntropyLoss, Module
+from .nn import CrossEntropyLoss, Module, Parameter
 from .optim import SGD, Adam, Optimizer
 from .validation import positive_int
 
@@ -45,11 +49,11 @@ class History:
     def epochs(self) -> int:
         return len(self.train_loss)
 
-    def as_dict(self) -> dict:
+    def as_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
-def make_optimizer(name: str, params, lr: float | None = None) -> Optimizer:
+def make_optimizer(name: str, params: Iterable[Parameter], lr: float | None = None) -> Optimizer:
     """``"adam"`` (torch defaults otherwise) or ``"sgd"`` (momentum 0.9), with ``lr`` or the default for it."""
     if name not in DEFAULT_LR:
         raise ValueError(f"unknown optimizer {name!r}; choose 'adam' or 'sgd'")
@@ -57,13 +61,13 @@ def make_optimizer(name: str, params, lr: float | None = None) -> Optimizer:
     return Adam(params, lr=lr) if name == "adam" else SGD(params, lr=lr, momentum=0.9)
 
 
-def _count_correct(logits, labels) -> int:
+def _count_correct(logits: Array, labels: Array) -> int:
     """Number of rows of logits (N, C) whose arg-max equals the label (N,)."""
     xp = array_namespace(logits)
     return int(xp.sum(xp.astype(xp.argmax(logits, axis=1) == labels, xp.int32)))
 
 
-def evaluate(model: Module, x, y, batch_size: int = 500) -> tuple[float, float]:
+def evaluate(model: Module, x: Array, y: Array, batch_size: int = 500) -> tuple[float, float]:
     """(mean cross-entropy, accuracy) of ``model`` on host arrays x (N, C, H, W), y (N,), in eval mode."""
     was_training = model.training
     model.eval()
@@ -79,7 +83,7 @@ def evaluate(model: Module, x, y, batch_size: int = 500) -> tuple[float, float]:
 
 
 def fit(model: Module, data: Dataset, *, epochs: int, batch_size: int, optimizer: Optimizer, seed: int = 0,
-        lr_schedule: str = "cosine", progress: bool | None = None, log=print) -> History:
+        lr_schedule: str = "cosine", progress: bool | None = None, log: Callable[[str], object] = print) -> History:
     """Train ``model`` on ``data`` and evaluate on its test split after every epoch; returns the :class:`History`.
 
     With ``lr_schedule="cosine"`` the learning rate of epoch ``e`` is
@@ -130,7 +134,7 @@ def fit(model: Module, data: Dataset, *, epochs: int, batch_size: int, optimizer
     return history
 
 
-def plot_curves(history: History, path, title: str | None = None) -> None:
+def plot_curves(history: History, path: str | os.PathLike[str], title: str | None = None) -> None:
     """Loss and accuracy per epoch (train and test) of a :func:`fit` history, as a two-panel figure at ``path``."""
     try:
         from matplotlib.figure import Figure

@@ -10,9 +10,11 @@ import argparse
 import math
 import numbers
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
 __all__ = ["check_int", "positive_int", "non_negative_int", "int_tuple", "check_real", "positive_real", "cli_type"]
+
+_T = TypeVar("_T")
 
 
 def _is_int(value: Any) -> bool:
@@ -76,12 +78,12 @@ def positive_real(name: str, value: Any) -> float:
     return check_real(name, value, 0.0, low_open=True)
 
 
-def cli_type(check: Callable[[str, Any], Any], parse: Callable[[str], Any] = int) -> Callable[[str], Any]:
+def cli_type(check: Callable[[str, Any], _T], parse: Callable[[str], Any] = int) -> Callable[[str], _T]:
     """An argparse ``type=`` that parses the text with ``parse`` and validates it with ``check``.
 
     ``type=cli_type(positive_int)`` turns ``--epochs 0`` into argparse's one-line usage error.
     """
-    def convert(text: str) -> Any:
+    def convert(text: str) -> _T:
         try:
             return check("value", parse(text))
         except (TypeError, ValueError) as exc:

@@ -34,7 +34,8 @@ def register(subparsers) -> None:
                    help=f"all, quick ({','.join(QUICK)}), comma-separated names "
                         f"({', '.join(layer.name for layer in SUITE)}), or custom layers 'N,C,S,O,k,stride,pad"
                         "[,groups]' (S = 32, 32x32 or 16x16x16) separated by ';'")
-    p.add_argument("--repeats", type=cli_type(positive_int), default=5, help="timed calls per measurement (median; default 5)")
+    p.add_argument("--repeats", type=cli_type(positive_int), default=5,
+                   help="timed calls per measurement (median; default 5)")
     p.add_argument("--warmup", type=cli_type(non_negative_int), default=1, help="untimed calls first (default 1)")
     p.add_argument("--threads", type=cli_type(positive_int), default=None,
                    help="BLAS/OpenMP threads (threadpoolctl) and torch.set_num_threads (default: all CPUs)")
@@ -70,7 +71,8 @@ def run(args) -> int:
         return 2
     if args.tf32:
         os.environ.setdefault("CUPY_TF32", "1")  # before CuPy is imported by a runner
-    threads = args.threads or (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count())
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    threads = args.threads or cpus
     cap = DEFAULT_MAX_WORKSPACE_BYTES if args.max_workspace_bytes is None else args.max_workspace_bytes
     runners, skipped = make_runners(args.backends, args.torch_device)
     if not runners:

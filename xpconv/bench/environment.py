@@ -5,6 +5,7 @@ import os
 import platform
 import sys
 from datetime import datetime, timezone
+from typing import Any
 
 __all__ = ["set_threads", "set_tf32", "collect_environment", "blas_pools", "coretype_note"]
 
@@ -75,7 +76,7 @@ def collect_environment() -> dict:
 
     from .. import __version__
 
-    env = {
+    env: dict[str, Any] = {
         "timestamp": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "command": " ".join(["xpconv", *sys.argv[1:]]) if sys.argv else "",
         "python": platform.python_version(),

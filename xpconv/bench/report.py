@@ -5,7 +5,8 @@ import json
 import sys
 from pathlib import Path
 
-__all__ = ["environment_line", "kernel_names", "markdown_table", "summary_lines", "sweep_table", "write_json", "plot_suite", "plot_memory"]
+__all__ = ["environment_line", "kernel_names", "markdown_table", "summary_lines", "sweep_table", "write_json",
+           "plot_suite", "plot_memory"]
 
 _MIB = 2**20
 
