@@ -7,6 +7,7 @@ device come from the inputs, and so do those of every result.
 """
 from __future__ import annotations
 
+from ._docstrings import CONV_ND, fill_doc
 from ._ops import DEFAULT_MAX_WORKSPACE_BYTES, conv, conv_grads, prepare, weight_geometry
 
 __all__ = [
@@ -29,49 +30,229 @@ def _conv_backward(nd, grad_output, x, weight, stride, padding, dilation, groups
 
 _WS = DEFAULT_MAX_WORKSPACE_BYTES
 
+# The docstrings of conv{nd}d and conv{nd}d_backward, filled per dimension from CONV_ND (see xpconv._docstrings).
+_CONV_BODY = """
+    Shapes::
 
+        x       (N, C, {spatial})
+        weight  (O, C // groups, {kernel})
+        bias    (O,)
+        y       (N, O, {out})
+
+    Each output size is {output_size} per axis.
+
+    With ``channels_last=True``: x (N, {spatial}, C), weight (O, {kernel}, C // groups) -> y (N, {out}, O).
+    An unbatched ``x`` (no ``N`` axis) gives an unbatched ``y``.
+
+    Parameters
+    ----------
+    x : array
+        Input, ``(N, C, *spatial)`` or unbatched ``(C, *spatial)``; float32 or float64.
+    weight : array
+        Kernel, ``(O, C // groups, *kernel)``; same library, device and dtype as ``x``.
+    bias : array or None, default None
+        Per-output-channel bias ``(O,)``, or None for no bias.
+    {conv_hyper}
+    channels_last : bool, default False
+        Take and return ``x``, ``weight`` and ``y`` with the channels as the last axis (layouts above).
+    {max_workspace_bytes}
+
+    Returns
+    -------
+    y : array
+        The convolution (cross-correlation, as in PyTorch) of ``x`` with ``weight`` plus ``bias``,
+        ``(N, O, *out)``, in ``x``'s namespace, device and dtype.
+
+    Raises
+    ------
+    TypeError
+        If an argument is not a NumPy, CuPy, torch or array-api-strict array, the arrays come from
+        different libraries, a dtype is not real floating, or the dtypes differ (nothing is promoted);
+        also if a tuple of ``stride``/``padding``/``dilation`` holds a non-int.
+    ValueError
+        If the arrays are on different devices; ``x`` or ``weight`` has the wrong rank;
+        {bad_conv_hyper};
+        ``groups`` does not divide ``C`` or ``O``; ``C`` differs from ``weight``'s ``C // groups`` times
+        ``groups``; the dilated kernel is larger than the padded input; ``bias`` is not ``(O,)``.
+
+    See Also
+    --------
+    :func:`conv{nd}d_backward`, :class:`xpconv.nn.Conv{nd}d`
+"""
+
+_BACKWARD_BODY = """
+    Pass the same ``x``, ``weight`` and hyper-parameters as to the forward call; nothing is cached
+    between the two calls.  grad_input is col2im(Wᵀ · dY).
+
+    Parameters
+    ----------
+    grad_output : array
+        dL/dy, with the forward output's shape (layout as ``x``'s, see :func:`conv{nd}d`).
+    x : array
+        The forward input.
+    weight : array
+        The forward kernel.
+    stride : int or tuple of int, default 1
+    padding : int, tuple of int, "valid" or "same", default 0
+    dilation : int or tuple of int, default 1
+    groups : int, default 1
+    channels_last : bool, default False
+        The forward call's hyper-parameters, with the meanings given in :func:`conv{nd}d`.
+    max_workspace_bytes : int or None, default 256 MiB
+        Cap on the im2col workspace, as in :func:`conv{nd}d`.
+
+    Returns
+    -------
+    grad_input : array
+        dL/dx, ``x``'s shape.
+    grad_weight : array
+        dL/dweight, ``weight``'s shape.
+    grad_bias : array
+        dL/dbias ``(O,)``: ``grad_output`` summed over the batch and spatial axes (returned whether or
+        not the forward call had a bias).
+
+    Raises
+    ------
+    TypeError
+        In the cases of :func:`conv{nd}d`, and if ``grad_output`` is not an array of ``x``'s library and dtype.
+    ValueError
+        In the cases of :func:`conv{nd}d`, and if ``grad_output`` is on another device than ``x`` or does not
+        have the forward output's shape.
+"""
+
+
+@fill_doc(body=_CONV_BODY, **CONV_ND[1])
 def conv1d(x, weight, bias=None, *, stride=1, padding=0, dilation=1, groups=1, channels_last=False,
            max_workspace_bytes=_WS):
-    """1-D convolution: x (N, C, L), weight (O, C // groups, k) -> y (N, O, OL)."""
+    """1-D convolution (PyTorch's ``torch.nn.functional.conv1d``).
+
+    {body}
+
+    Examples
+    --------
+    >>> import numpy as np, xpconv
+    >>> x = np.ones((2, 3, 10), dtype=np.float32)
+    >>> w = np.ones((4, 3, 3), dtype=np.float32)
+    >>> xpconv.conv1d(x, w).shape
+    (2, 4, 8)
+    >>> xpconv.conv1d(x, w, padding="same", dilation=2).shape
+    (2, 4, 10)
+    >>> xpconv.conv1d(x, w)[0, 0].tolist()
+    [9.0, 9.0, 9.0, 9.0, 9.0, 9.0, 9.0, 9.0]
+    """
     return _conv(1, x, weight, bias, stride, padding, dilation, groups, channels_last, max_workspace_bytes)
 
 
+@fill_doc(body=_CONV_BODY, **CONV_ND[2])
 def conv2d(x, weight, bias=None, *, stride=1, padding=0, dilation=1, groups=1, channels_last=False,
            max_workspace_bytes=_WS):
-    """2-D convolution: x (N, C, H, W), weight (O, C // groups, kh, kw) -> y (N, O, OH, OW).
+    """2-D convolution (PyTorch's ``torch.nn.functional.conv2d``).
 
-    With ``channels_last=True``: x (N, H, W, C), weight (O, kh, kw, C // groups) -> y (N, OH, OW, O).
-    ``max_workspace_bytes`` caps the im2col buffer; larger batches are processed in chunks.
+    {body}
+
+    Examples
+    --------
+    >>> import numpy as np, xpconv
+    >>> x = np.ones((1, 1, 4, 4), dtype=np.float32)
+    >>> w = np.ones((2, 1, 3, 3), dtype=np.float32)
+    >>> y = xpconv.conv2d(x, w, padding=1)
+    >>> y.shape
+    (1, 2, 4, 4)
+    >>> y[0, 0].tolist()
+    [[4.0, 6.0, 6.0, 4.0], [6.0, 9.0, 9.0, 6.0], [6.0, 9.0, 9.0, 6.0], [4.0, 6.0, 6.0, 4.0]]
+    >>> xpconv.conv2d(x, w, stride=2).shape
+    (1, 2, 1, 1)
+    >>> xpconv.conv2d(x[0], w, padding="same").shape       # unbatched
+    (2, 4, 4)
+    >>> x_nhwc = np.ones((1, 4, 4, 1), dtype=np.float32)
+    >>> xpconv.conv2d(x_nhwc, np.ones((2, 3, 3, 1), dtype=np.float32), channels_last=True).shape
+    (1, 2, 2, 2)
     """
     return _conv(2, x, weight, bias, stride, padding, dilation, groups, channels_last, max_workspace_bytes)
 
 
+@fill_doc(body=_CONV_BODY, **CONV_ND[3])
 def conv3d(x, weight, bias=None, *, stride=1, padding=0, dilation=1, groups=1, channels_last=False,
            max_workspace_bytes=_WS):
-    """3-D convolution: x (N, C, D, H, W), weight (O, C // groups, kd, kh, kw) -> y (N, O, OD, OH, OW)."""
+    """3-D convolution (PyTorch's ``torch.nn.functional.conv3d``).
+
+    {body}
+
+    Examples
+    --------
+    >>> import numpy as np, xpconv
+    >>> x = np.ones((1, 2, 4, 4, 4), dtype=np.float32)
+    >>> w = np.ones((4, 1, 3, 3, 3), dtype=np.float32)    # groups=2: each output sees 1 input channel
+    >>> y = xpconv.conv3d(x, w, groups=2)
+    >>> y.shape
+    (1, 4, 2, 2, 2)
+    >>> int(y.sum())
+    864
+    """
     return _conv(3, x, weight, bias, stride, padding, dilation, groups, channels_last, max_workspace_bytes)
 
 
+@fill_doc(body=_BACKWARD_BODY, **CONV_ND[1])
 def conv1d_backward(grad_output, x, weight, *, stride=1, padding=0, dilation=1, groups=1, channels_last=False,
                     max_workspace_bytes=_WS):
-    """(grad_input, grad_weight, grad_bias) of :func:`conv1d` given grad_output = dL/dy."""
+    """Gradients of :func:`conv1d`: (grad_input, grad_weight, grad_bias) for ``grad_output = dL/dy``.
+
+    {body}
+
+    Examples
+    --------
+    >>> import numpy as np, xpconv
+    >>> x, w = np.ones((2, 3, 10), dtype=np.float32), np.ones((4, 3, 3), dtype=np.float32)
+    >>> dy = np.ones((2, 4, 8), dtype=np.float32)            # dL/dy of L = conv1d(x, w).sum()
+    >>> gx, gw, gb = xpconv.conv1d_backward(dy, x, w)
+    >>> gx.shape, gw.shape, gb.shape
+    ((2, 3, 10), (4, 3, 3), (4,))
+    >>> gb.tolist()
+    [16.0, 16.0, 16.0, 16.0]
+    """
     return _conv_backward(1, grad_output, x, weight, stride, padding, dilation, groups, channels_last,
                           max_workspace_bytes)
 
 
+@fill_doc(body=_BACKWARD_BODY, **CONV_ND[2])
 def conv2d_backward(grad_output, x, weight, *, stride=1, padding=0, dilation=1, groups=1, channels_last=False,
                     max_workspace_bytes=_WS):
-    """(grad_input, grad_weight, grad_bias) of :func:`conv2d` given grad_output = dL/dy.
+    """Gradients of :func:`conv2d`: (grad_input, grad_weight, grad_bias) for ``grad_output = dL/dy``.
 
-    grad_input = col2im(Wᵀ · dY) has x's shape, grad_weight has weight's, and
-    grad_bias (O,) is dY summed over the batch and spatial axes.
+    {body}
+
+    Examples
+    --------
+    >>> import numpy as np, xpconv
+    >>> x, w = np.ones((1, 1, 4, 4), dtype=np.float32), np.ones((2, 1, 3, 3), dtype=np.float32)
+    >>> dy = np.ones_like(xpconv.conv2d(x, w, padding=1))    # dL/dy of L = y.sum()
+    >>> gx, gw, gb = xpconv.conv2d_backward(dy, x, w, padding=1)
+    >>> gx.shape, gw.shape, gb.shape
+    ((1, 1, 4, 4), (2, 1, 3, 3), (2,))
+    >>> gw[0, 0].tolist()
+    [[9.0, 12.0, 9.0], [12.0, 16.0, 12.0], [9.0, 12.0, 9.0]]
+    >>> gb.tolist()
+    [16.0, 16.0]
     """
     return _conv_backward(2, grad_output, x, weight, stride, padding, dilation, groups, channels_last,
                           max_workspace_bytes)
 
 
+@fill_doc(body=_BACKWARD_BODY, **CONV_ND[3])
 def conv3d_backward(grad_output, x, weight, *, stride=1, padding=0, dilation=1, groups=1, channels_last=False,
                     max_workspace_bytes=_WS):
-    """(grad_input, grad_weight, grad_bias) of :func:`conv3d` given grad_output = dL/dy."""
+    """Gradients of :func:`conv3d`: (grad_input, grad_weight, grad_bias) for ``grad_output = dL/dy``.
+
+    {body}
+
+    Examples
+    --------
+    >>> import numpy as np, xpconv
+    >>> x, w = np.ones((1, 2, 4, 4, 4), dtype=np.float32), np.ones((4, 1, 3, 3, 3), dtype=np.float32)
+    >>> dy = np.ones((1, 4, 2, 2, 2), dtype=np.float32)      # dL/dy of L = conv3d(x, w, groups=2).sum()
+    >>> gx, gw, gb = xpconv.conv3d_backward(dy, x, w, groups=2)
+    >>> gx.shape, gw.shape, gb.tolist()
+    ((1, 2, 4, 4, 4), (4, 1, 3, 3, 3), [8.0, 8.0, 8.0, 8.0])
+    """
     return _conv_backward(3, grad_output, x, weight, stride, padding, dilation, groups, channels_last,
                           max_workspace_bytes)

@@ -16,7 +16,28 @@ class CrossEntropyLoss:
     ``loss = loss_fn(logits, labels)`` takes logits (N, C) and integer labels (N,) in [0, C) and
     returns a Python float; ``loss_fn.backward()`` then returns dL/dlogits (N, C).  Labels are an
     integer array of the logits' library, or a NumPy array / list, which is copied to the logits'
-    backend explicitly.
+    backend explicitly.  The constructor takes no arguments (no weights, reduction ``"mean"``).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from xpconv import nn
+    >>> loss_fn = nn.CrossEntropyLoss()
+    >>> loss = loss_fn(np.zeros((2, 3), dtype=np.float32), [0, 1])      # log(3) for uniform logits
+    >>> round(loss, 4)
+    1.0986
+    >>> grad = loss_fn.backward()                       # (softmax - one_hot) / N
+    >>> grad.shape, np.round(grad * 6, 4).tolist()
+    ((2, 3), [[-2.0, 1.0, 1.0], [1.0, -2.0, 1.0]])
+
+    A training step's backward pass starts from the loss:
+
+    >>> model = nn.Sequential(nn.Flatten(), nn.Linear(4, 3, seed=0))
+    >>> loss = loss_fn(model(np.ones((2, 1, 2, 2), dtype=np.float32)), np.array([2, 0]))
+    >>> model.backward(loss_fn.backward()).shape
+    (2, 1, 2, 2)
+    >>> model[1].weight.grad.shape
+    (3, 4)
     """
 
     def __init__(self):
@@ -26,6 +47,30 @@ class CrossEntropyLoss:
         return self.forward(logits, labels)
 
     def forward(self, logits, labels) -> float:
+        """The mean cross-entropy of ``logits`` against ``labels``; keeps what :meth:`backward` needs.
+
+        Parameters
+        ----------
+        logits : array
+            ``(N, C)`` unnormalized scores, real floating, N, C >= 1.
+        labels : array or list of int
+            ``(N,)`` class indices in ``[0, C)``: an integer array of the logits' library and device, or a
+            NumPy array or list (copied to the logits' backend).
+
+        Returns
+        -------
+        loss : float
+            ``mean_n(-log softmax(logits)[n, labels[n]])``.
+
+        Raises
+        ------
+        TypeError
+            If ``logits`` is not a real floating array, or ``labels`` is not integer or comes from another
+            library than the logits (other than NumPy or a list).
+        ValueError
+            If ``logits`` is not ``(N, C)`` with N, C >= 1, ``labels`` is not ``(N,)``, is on another device,
+            or holds a value outside ``[0, C)``.
+        """
         xp = namespace_of(logits, names=["logits"])
         if logits.ndim != 2 or logits.shape[0] == 0 or logits.shape[1] == 0:
             raise ValueError(f"logits must have shape (N, C) with N, C >= 1, got {tuple(logits.shape)}")
@@ -39,7 +84,18 @@ class CrossEntropyLoss:
         return float(-xp.sum(one_hot * log_p) / n)
 
     def backward(self):
-        """dL/dlogits (N, C) = (softmax(logits) - one_hot(labels)) / N for the last call."""
+        """dL/dlogits (N, C) = (softmax(logits) - one_hot(labels)) / N for the last call.
+
+        Returns
+        -------
+        grad_logits : array
+            ``(N, C)``, in the logits' namespace, device and dtype; feed it to the model's ``backward``.
+
+        Raises
+        ------
+        RuntimeError
+            If no forward call precedes it (the cache is cleared after each backward).
+        """
         if self._cache is None:
             raise RuntimeError("CrossEntropyLoss.backward() needs a preceding loss_fn(logits, labels)")
         p, one_hot = self._cache

@@ -7,25 +7,29 @@ dL/d(input) while accumulating dL/d(parameter) into each ``.grad``.
 """
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
+from typing import Any, TypeVar
 
 import numpy as np
 from array_api_compat import array_namespace
 
+from .._typing import Array, Device
 from ..backends import Backend, get_backend, to_numpy
 
 __all__ = ["Parameter", "Module"]
+
+_M = TypeVar("_M", bound="Module")
 
 
 class Parameter:
     """A trainable array ``data`` and its accumulated gradient ``grad`` (same shape, dtype, device)."""
 
-    def __init__(self, data):
-        self.data = data
-        self.grad = array_namespace(data).zeros_like(data)
+    def __init__(self, data: Array) -> None:
+        self.data: Array = data
+        self.grad: Array = array_namespace(data).zeros_like(data)
 
     @property
-    def shape(self):
+    def shape(self) -> tuple[int, ...]:
         return tuple(self.data.shape)
 
     def __repr__(self) -> str:
@@ -35,7 +39,12 @@ class Parameter:
 class Module:
     """Base class: parameters, buffers and child modules are registered by attribute assignment."""
 
-    def __init__(self, *, backend=None, device=None, dtype="float32"):
+    _parameters: dict[str, Parameter]
+    _buffers: dict[str, bool]
+    _modules: dict[str, Module]
+    arch: dict[str, Any] | None = None  # the record xpconv.models.build_model rebuilds the model from, if any
+
+    def __init__(self, *, backend: str | Backend | None = None, device: Device = None, dtype: str = "float32") -> None:
         object.__setattr__(self, "_parameters", {})
         object.__setattr__(self, "_buffers", {})
         object.__setattr__(self, "_modules", {})
@@ -45,11 +54,11 @@ class Module:
         self.training = True
 
     @property
-    def dtype(self):
+    def dtype(self) -> Any:
         """This module's floating dtype in its backend's namespace."""
         return self.backend.dtype(self.dtype_name)
 
-    def __setattr__(self, name, value):
+    def __setattr__(self, name: str, value: Any) -> None:
         """Register Parameters and Modules by assignment; assigning to a buffer's name keeps it a buffer
         (as in PyTorch), so ``bn.running_mean = new`` stays in ``state_dict()``."""
         buffers = self.__dict__.get("_buffers", {})
@@ -64,22 +73,22 @@ class Module:
             self._modules[name] = value
         object.__setattr__(self, name, value)
 
-    def register_buffer(self, name: str, value) -> None:
+    def register_buffer(self, name: str, value: Array) -> None:
         """Keep a non-trainable array (e.g. running statistics) that moves and saves with the module."""
         object.__setattr__(self, name, value)
         self._buffers[name] = True
 
     # -- running ---------------------------------------------------------------------------------
-    def __call__(self, x):
+    def __call__(self, x: Array) -> Array:
         return self.forward(x)
 
-    def forward(self, x):  # pragma: no cover - every layer overrides it
+    def forward(self, x: Array) -> Array:  # pragma: no cover - every layer overrides it
         raise NotImplementedError(f"{type(self).__name__} does not define forward()")
 
-    def backward(self, grad_output):  # pragma: no cover - every layer overrides it
+    def backward(self, grad_output: Array) -> Array:  # pragma: no cover - every layer overrides it
         raise NotImplementedError(f"{type(self).__name__} does not define backward()")
 
-    def _need_cache(self, cache, what: str = "forward"):
+    def _need_cache(self, cache: Any, what: str = "forward") -> Any:
         """The cached forward state, or a clear error when backward comes without a training forward."""
         if cache is None:
             raise RuntimeError(f"{type(self).__name__}.backward() needs a preceding {what} in training mode "
@@ -106,20 +115,20 @@ class Module:
         for p in self.parameters():
             p.grad = array_namespace(p.data).zeros_like(p.data)
 
-    def train(self, mode: bool = True) -> Module:
+    def train(self: _M, mode: bool = True) -> _M:
         for m in self.modules():
             m.training = mode
             m._clear_cache()
         return self
 
-    def eval(self) -> Module:
+    def eval(self: _M) -> _M:
         return self.train(False)
 
     def _clear_cache(self) -> None:
         """Drop whatever forward kept for backward (layers with a cache override this)."""
 
     # -- moving and saving ----------------------------------------------------------------------
-    def to(self, backend, device=None) -> Module:
+    def to(self: _M, backend: str | Backend, device: Device = None) -> _M:
         """Move every parameter, gradient and buffer to ``backend`` (a name or Backend); returns self."""
         target = get_backend(backend, device)
         for m in self.modules():
@@ -142,7 +151,7 @@ class Module:
                 state[prefix + name] = np.array(to_numpy(getattr(m, name)), copy=True)
         return state
 
-    def load_state_dict(self, state: dict) -> None:
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Load arrays saved by :meth:`state_dict`; on any mismatch raise ValueError and change nothing."""
         own = self.state_dict()
         missing = sorted(set(own) - set(state))
@@ -171,7 +180,7 @@ class Module:
                 object.__setattr__(m, name, new[prefix + name])
             m._clear_cache()
 
-    def _named_modules(self, prefix: str = ""):
+    def _named_modules(self, prefix: str = "") -> Iterator[tuple[str, Module]]:
         yield prefix, self
         for name, m in self._modules.items():
             yield from m._named_modules(f"{prefix}{name}.")
