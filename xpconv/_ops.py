@@ -22,7 +22,7 @@ from ._geometry import ConvGeometry, make_geometry
 from ._typing import Array
 from .backends import Backend, library_of
 
-__all__ = ["ConvContext", "namespace_of", "weight_geometry", "prepare", "conv", "conv_grads",
+__all__ = ["ConvContext", "namespace_of", "ConvSpec", "prepare", "conv", "conv_grads",
            "conv_transpose", "conv_transpose_grads", "unfold", "fold", "DEFAULT_MAX_WORKSPACE_BYTES"]
 
 def namespace_of(*arrays: Array | None, names: Sequence[str] | None = None) -> Any:
@@ -89,15 +89,25 @@ def _check_ranks(nd: int, x: Array, weight: Array, channels_last: bool) -> None:
                          f"got shape {tuple(weight.shape)}")
 
 
-def weight_geometry(nd: int, x: Array, weight: Array, stride: int | Sequence[int], padding: int | Sequence[int] | str,
-                    dilation: int | Sequence[int], groups: int, channels_last: bool) -> ConvGeometry:
-    """The validated geometry of an ``nd``-d convolution of x whose kernel is ``weight``'s (functional API)."""
-    namespace_of(x, weight, names=["x", "weight"])
-    _check_ranks(nd, x, weight, channels_last)
-    kernel = weight.shape[1:-1] if channels_last else weight.shape[2:]
-    if any(k < 1 for k in kernel):
-        raise ValueError(f"kernel sizes must be >= 1, got weight shape {tuple(weight.shape)}")
-    return make_geometry(tuple(kernel), stride, padding, dilation, groups)
+@dataclass(frozen=True)
+class ConvSpec:
+    """The functional API's hyper-parameters: a geometry still waiting for its kernel, which is the weight's.
+
+    :func:`prepare` completes it once it has checked the weight, so every check runs once per call.
+    """
+
+    nd: int
+    stride: int | Sequence[int]
+    padding: int | Sequence[int] | str
+    dilation: int | Sequence[int]
+    groups: int
+
+    def geometry(self, weight_shape: tuple[int, ...]) -> ConvGeometry:
+        """The validated geometry for a channels-first weight (O, C // groups, *kernel)."""
+        kernel = weight_shape[2:]
+        if any(k < 1 for k in kernel):
+            raise ValueError(f"kernel sizes must be >= 1, got weight shape {weight_shape}")
+        return make_geometry(tuple(kernel), self.stride, self.padding, self.dilation, self.groups)
 
 
 def _to_channels_first(xp: Any, a: Array, channels_last: bool) -> Array:
@@ -113,9 +123,10 @@ def _from_channels_first(xp: Any, a: Array, channels_last: bool) -> Array:
     return xp.permute_dims(a, (0, *range(2, a.ndim), 1))
 
 
-def prepare(x: Array, weight: Array, bias: Array | None, geom: ConvGeometry, *, channels_last: bool = False,
-            grad_output: Array | None = None) -> ConvContext:
-    """Validate x, weight and bias against ``geom``; put x and weight channels-first and batched."""
+def prepare(x: Array, weight: Array, bias: Array | None, geom: ConvGeometry | ConvSpec, *,
+            channels_last: bool = False, grad_output: Array | None = None) -> ConvContext:
+    """Validate x, weight and bias against ``geom`` (a layer's, or the functional API's :class:`ConvSpec`
+    completed here with the weight's kernel); put x and weight channels-first and batched."""
     xp = namespace_of(x, weight, bias, grad_output, names=["x", "weight", "bias", "grad_output"])
     _check_ranks(geom.nd, x, weight, channels_last)
     batched = x.ndim == geom.nd + 2
@@ -123,6 +134,8 @@ def prepare(x: Array, weight: Array, bias: Array | None, geom: ConvGeometry, *, 
         x = xp.expand_dims(x, axis=0)
     x = _to_channels_first(xp, x, channels_last)
     weight = _to_channels_first(xp, weight, channels_last)
+    if isinstance(geom, ConvSpec):
+        geom = geom.geometry(tuple(weight.shape))
     o, cg, *kernel = weight.shape
     c, g = x.shape[1], geom.groups
     if tuple(kernel) != geom.kernel:
@@ -150,12 +163,12 @@ def _finish(xp: Any, a: Array, batched: bool, channels_last: bool) -> Array:
     return a if batched else a[0, ...]
 
 
-def conv(x: Array, weight: Array, bias: Array | None, geom: ConvGeometry, *, channels_last: bool = False,
+def conv(x: Array, weight: Array, bias: Array | None, geom: ConvGeometry | ConvSpec, *, channels_last: bool = False,
          max_workspace_bytes: int | None = DEFAULT_MAX_WORKSPACE_BYTES,
          keep_cols: bool = False) -> tuple[Array, ConvContext]:
     """Validated forward pass: (y in the caller's layout, the :class:`ConvContext` backward needs)."""
     ctx = prepare(x, weight, bias, geom, channels_last=channels_last)
-    y, ctx.cols = conv_forward(ctx.x, ctx.weight, bias, geom, max_workspace_bytes=max_workspace_bytes,
+    y, ctx.cols = conv_forward(ctx.x, ctx.weight, bias, ctx.geom, max_workspace_bytes=max_workspace_bytes,
                                       cache_chunk_bytes=ctx.cache_chunk_bytes, keep_cols=keep_cols)
     return _finish(ctx.xp, y, ctx.batched, channels_last), ctx
 

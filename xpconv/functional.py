@@ -8,7 +8,7 @@ device come from the inputs, and so do those of every result.
 from __future__ import annotations
 
 from ._docstrings import CONV_ND, fill_doc
-from ._ops import DEFAULT_MAX_WORKSPACE_BYTES, conv, conv_grads, prepare, weight_geometry
+from ._ops import DEFAULT_MAX_WORKSPACE_BYTES, ConvSpec, conv, conv_grads, prepare
 
 __all__ = [
     "conv1d", "conv2d", "conv3d",
@@ -17,14 +17,14 @@ __all__ = [
 
 
 def _conv(nd, x, weight, bias, stride, padding, dilation, groups, channels_last, max_workspace_bytes):
-    geom = weight_geometry(nd, x, weight, stride, padding, dilation, groups, channels_last)
-    return conv(x, weight, bias, geom, channels_last=channels_last, max_workspace_bytes=max_workspace_bytes)[0]
+    spec = ConvSpec(nd, stride, padding, dilation, groups)
+    return conv(x, weight, bias, spec, channels_last=channels_last, max_workspace_bytes=max_workspace_bytes)[0]
 
 
 def _conv_backward(nd, grad_output, x, weight, stride, padding, dilation, groups, channels_last,
                    max_workspace_bytes):
-    geom = weight_geometry(nd, x, weight, stride, padding, dilation, groups, channels_last)
-    ctx = prepare(x, weight, None, geom, channels_last=channels_last, grad_output=grad_output)
+    spec = ConvSpec(nd, stride, padding, dilation, groups)
+    ctx = prepare(x, weight, None, spec, channels_last=channels_last, grad_output=grad_output)
     return conv_grads(ctx, grad_output, max_workspace_bytes=max_workspace_bytes)
 
 
