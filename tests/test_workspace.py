@@ -9,8 +9,8 @@ import pytest
 
 import xpconv
 from conftest import as_numpy
-from xpconv._columns import ConvGeometry
-from xpconv._engine import conv_backward, conv_forward
+from xpconv._columns import ConvGeometry, column_layout
+from xpconv._engine import conv_backward, conv_forward, data_grad_geometry
 
 # (x shape, weight shape, stride, padding, groups): batches of 5 split as 1+1+1+1+1 and 2+2+1
 LAYERS = {
@@ -39,23 +39,32 @@ def _per_sample_cols_bytes(x, geom):
     return 4 * x.shape[1] * math.prod(geom.kernel) * math.prod(geom.output_shape(x.shape[2:]))
 
 
-@pytest.mark.parametrize("cap_in_samples", [0, 2.5])
+def _sample_bytes(x, w, geom):
+    """An upper bound on one sample's float32 workspace in every pass (columns, folds, outputs, dW, and the
+    columns of dY when dL/dx is a convolution): a cap of 1 to 4 times this chunks the batch, never one sample."""
+    c, o = x.shape[1], w.shape[0]
+    lay = column_layout(geom, x.shape[2:])
+    elements = lay.columns_elements(c) + lay.fold_elements(c) + 2 * o * lay.length + o * w[0].size
+    flipped = data_grad_geometry(geom, o, c)
+    if flipped is not None:
+        dy_lay = column_layout(flipped, lay.out)
+        elements += dy_lay.columns_elements(o) + c * dy_lay.length
+    return 4 * elements
+
+
+@pytest.mark.parametrize("cap_in_samples", [1, 2.5])
 @pytest.mark.parametrize("name", LAYERS)
 def test_chunked_results_are_bit_identical_on_numpy(rng, name, cap_in_samples):
-    """Forward y, dx and dW under a tiny cap equal the one-chunk results to the last bit.
+    """Forward y, dx and dW under a small cap equal the one-chunk results to the last bit.
 
-    The cap is 1 byte (one sample per chunk) or 2.5 samples' columns and outputs (uneven chunks;
-    a pointwise convolution needs no columns).
+    The cap is one sample's workspace (at least one sample per chunk, no row bands) or 2.5 of them (uneven chunks).
     """
     geom, x, w, b, dy = _setup(name, rng)
-    cols = 0 if geom.is_pointwise else _per_sample_cols_bytes(x, geom)
-    per_sample = cols + 4 * math.prod(dy.shape[1:])
-    cap = max(1, int(cap_in_samples * per_sample))
+    cap = int(cap_in_samples * _sample_bytes(x, w, geom))
     y_one, cols = conv_forward(x, w, b, geom, max_workspace_bytes=None, keep_cols=True)
     assert cols is not None
     assert np.array_equal(conv_forward(x, w, b, geom)[0], y_one)
-    y_chunked, no_cols = conv_forward(x, w, b, geom, max_workspace_bytes=cap, keep_cols=True)
-    assert no_cols is None
+    y_chunked, _ = conv_forward(x, w, b, geom, max_workspace_bytes=cap, keep_cols=True)
     np.testing.assert_array_equal(y_chunked, y_one, strict=True)  # same shape, dtype and values
     dx_one, dw_one = conv_backward(dy, x, w, geom, cols=cols)
     dx_recomputed, dw_recomputed = conv_backward(dy, x, w, geom, max_workspace_bytes=None)
@@ -68,16 +77,18 @@ def test_chunked_results_are_bit_identical_on_numpy(rng, name, cap_in_samples):
 
 
 def test_chunked_functional_api_is_bit_identical(rng):
-    """Through xpconv.conv2d / conv2d_backward with max_workspace_bytes=1 (one sample per chunk)."""
+    """Through xpconv.conv2d / conv2d_backward with a cap of one sample's workspace."""
     x = rng.standard_normal((6, 3, 10, 10)).astype(np.float32)
     w = rng.standard_normal((5, 3, 3, 3)).astype(np.float32)
     b = rng.standard_normal(5).astype(np.float32)
     kw = dict(stride=2, padding=1)
+    geom = ConvGeometry((3, 3), (2, 2), ((1, 1), (1, 1)), (1, 1))
+    kw_cap = dict(max_workspace_bytes=_sample_bytes(x, w, geom), **kw)
     y = xpconv.conv2d(x, w, b, **kw)
-    assert np.array_equal(xpconv.conv2d(x, w, b, max_workspace_bytes=1, **kw), y)
+    assert np.array_equal(xpconv.conv2d(x, w, b, **kw_cap), y)
     dy = rng.standard_normal(y.shape).astype(np.float32)
     full = xpconv.conv2d_backward(dy, x, w, **kw)
-    chunked = xpconv.conv2d_backward(dy, x, w, max_workspace_bytes=1, **kw)
+    chunked = xpconv.conv2d_backward(dy, x, w, **kw_cap)
     for a, b_ in zip(full, chunked, strict=True):
         assert np.array_equal(a, b_)
 
@@ -87,10 +98,11 @@ def test_chunked_results_match_on_every_backend(backend, rng, name):
     geom, x, w, b, dy = _setup(name, rng)
     xb, wb, bb, dyb = (backend.asarray(a) for a in (x, w, b, dy))
     y_one, cols = conv_forward(xb, wb, bb, geom, keep_cols=True)
-    y_chunked, _ = conv_forward(xb, wb, bb, geom, max_workspace_bytes=1)
+    cap = _sample_bytes(x, w, geom)
+    y_chunked, _ = conv_forward(xb, wb, bb, geom, max_workspace_bytes=cap)
     np.testing.assert_allclose(as_numpy(y_chunked), as_numpy(y_one), rtol=1e-5, atol=1e-5)
     for one, chunked in zip(conv_backward(dyb, xb, wb, geom, cols=cols),
-                            conv_backward(dyb, xb, wb, geom, max_workspace_bytes=1), strict=True):
+                            conv_backward(dyb, xb, wb, geom, max_workspace_bytes=cap), strict=True):
         np.testing.assert_allclose(as_numpy(chunked), as_numpy(one), rtol=1e-5, atol=1e-4)
 
 
@@ -134,7 +146,8 @@ def test_pointwise_convolution_copies_nothing(rng):
 def test_inputs_are_not_modified_when_chunked(rng):
     geom, x, w, b, dy = _setup("2d-padded", rng)
     saved = [a.copy() for a in (x, w, b, dy)]
-    conv_forward(x, w, b, geom, max_workspace_bytes=1)
-    conv_backward(dy, x, w, geom, max_workspace_bytes=1)
+    for cap in (_sample_bytes(x, w, geom), 2**12):          # chunks of the batch, row bands
+        conv_forward(x, w, b, geom, max_workspace_bytes=cap)
+        conv_backward(dy, x, w, geom, max_workspace_bytes=cap)
     for a, a0 in zip((x, w, b, dy), saved, strict=True):
         assert np.array_equal(a, a0)

@@ -21,8 +21,8 @@ from array_api_compat import array_namespace, device
 
 from ._geometry import ConvGeometry
 
-__all__ = ["ExactLayout", "WideLayout", "column_layout", "im2col", "col2im", "wide_im2col", "wide_col2im",
-           "WIDE_MAX_OVERHEAD"]
+__all__ = ["ExactLayout", "WideLayout", "column_layout", "im2col", "col2im", "col2im_into", "wide_im2col",
+           "wide_col2im", "WIDE_MAX_OVERHEAD"]
 
 # Wide columns are used while they hold at most 1.5x the exact ones: measured faster on the suite's
 # stride-1 layers (1.06x-1.27x extra) and on small 2-D/3-D ones up to 1.5x; a 7x7 kernel on 7x7 (1.86x) was slower.
@@ -102,9 +102,14 @@ class ExactLayout(_Layout):
 
     def fold(self, dcols):
         """dcols (m, C, K, length) -> dL/dx (m, C, *spatial)."""
-        xp = array_namespace(dcols)
-        cols = xp.reshape(dcols, (*dcols.shape[:2], *self.geom.kernel, *self.out))
-        return col2im(cols, self.geom, self.spatial)
+        return col2im(self._unflat(dcols), self.geom, self.spatial)
+
+    def fold_into(self, x, batch: slice, row: int, dcols) -> None:
+        """Add the fold of dcols (m, C, K, length) into ``x[batch, :, row:row + spatial[0], ...]``."""
+        col2im_into(x, batch, row, self._unflat(dcols), self.geom, self.spatial)
+
+    def _unflat(self, dcols):
+        return array_namespace(dcols).reshape(dcols, (*dcols.shape[:2], *self.geom.kernel, *self.out))
 
 
 @dataclass(frozen=True)
@@ -216,6 +221,16 @@ def col2im(cols, geom: ConvGeometry, spatial):
     if geom.is_pointwise:
         return xp.reshape(cols, (n, c, *spatial))
     x = xp.zeros((n, c, *spatial), dtype=cols.dtype, device=device(cols))
-    for taps, out_sl, in_sl, _ in geom.windows(spatial):
-        x[(*_ALL2, *in_sl)] += cols[(*_ALL2, *taps, *out_sl)]
+    col2im_into(x, slice(None), 0, cols, geom, spatial)
     return x
+
+
+def col2im_into(x, batch: slice, row: int, cols, geom: ConvGeometry, spatial) -> None:
+    """Add the fold of cols (m, C, *kernel, *out) into ``x[batch, :, row:row + spatial[0], ...]`` in place.
+
+    Each element receives its terms in kernel-tap order, as in :func:`col2im`: folding row bands of the
+    output into one ``x``, the band of the last rows first, adds every element's terms in that same order.
+    """
+    for taps, out_sl, in_sl, _ in geom.windows(spatial):
+        first = slice(in_sl[0].start + row, in_sl[0].stop + row, in_sl[0].step)
+        x[(batch, slice(None), first, *in_sl[1:])] += cols[(*_ALL2, *taps, *out_sl)]

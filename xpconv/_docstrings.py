@@ -49,9 +49,11 @@ DOCS = {
     "c_out": "O",
     "max_workspace_bytes": """
         max_workspace_bytes : int or None, default 256 MiB
-            Cap on the column (im2col) workspace: the batch is processed in chunks whose workspace stays
-            under it (at least one sample per chunk).  None: the whole batch in one chunk.  The result does
-            not depend on it.
+            Bound on the workspace (column buffers and their products) of each pass, a positive int: the
+            batch is processed in chunks whose workspace stays under it, and a sample over it in bands of
+            output rows.  None: the whole batch in one chunk.  y and dL/dx do not depend on it (to the
+            last bit on NumPy while the GEMMs take the same BLAS kernel), dL/dW to rounding (see
+            docs/layers.md).  Raises ValueError when one output row alone needs more.
         """,
     # -- the convolution's hyper-parameters (xpconv.conv*d and nn.Conv*d) --
     "conv_hyper": """

@@ -14,40 +14,65 @@ stride-1 convolutions "wide" columns, where each kernel tap's block is one conti
 flattened, padded x and the GEMM also computes outputs over the padding columns, which are then
 dropped.  The engine reads the same way for both: it asks the layout.
 
-The batch is processed in chunks whose workspace stays under ``max_workspace_bytes`` and, when
-the caller passes its backend's ``cache_chunk_bytes`` (the CPU's policy), under that too; the
-results do not depend on the chunking, to the last bit on NumPy.  The engine never inspects
-devices: the chunking policy is an argument.  Measurements behind the choices: docs/benchmarks.md.
+``max_workspace_bytes`` bounds the workspace of every pass (the arrays it allocates besides its
+inputs and results).  The batch is processed in chunks whose workspace stays under it and, when the
+caller passes its backend's ``cache_chunk_bytes`` (the CPU's policy), under that too; the results do
+not depend on the chunking, to the last bit on NumPy.  When one sample alone is over the cap, each
+sample is split into bands of output rows along the first spatial axis (:class:`_Unit`): a band is
+the convolution of the input rows it reads (its halo included) in im2col's exact layout; dL/dW sums
+the bands, and dL/dx folds each band into its input rows, the last band first, so that every element
+of dL/dx adds its terms in the unsplit fold's order.  A single output row over the cap is a
+ValueError.  ``memory_limit`` (the op layer's free-memory guard) turns a workspace larger than it into
+a MemoryError before anything is allocated.  The engine never inspects devices: the chunking policy
+and the limit are arguments.  Measurements behind the choices: docs/benchmarks.md.
 """
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 from array_api_compat import array_namespace, device
 
 from ._columns import ExactLayout, WideLayout, column_layout
 from ._geometry import ConvGeometry
 from ._typing import Array
+from .validation import positive_int
 
-__all__ = ["DEFAULT_MAX_WORKSPACE_BYTES", "batch_chunks", "conv_forward", "conv_backward", "conv_backward_data",
-           "columns_grad", "data_grad_geometry", "flipped_geometry", "flipped_transposed_weight"]
+__all__ = ["DEFAULT_MAX_WORKSPACE_BYTES", "batch_chunks", "check_max_workspace_bytes", "conv_forward", "conv_backward",
+           "conv_backward_data", "columns_grad", "data_grad_geometry", "flipped_geometry", "flipped_transposed_weight",
+           "format_bytes", "row_bands"]
 
 DEFAULT_MAX_WORKSPACE_BYTES = 256 * 2**20
 FLIPPED_DX_MAX_CHANNELS = 64
+
+
+def check_max_workspace_bytes(value: object) -> int | None:
+    """``max_workspace_bytes`` as a positive int, or None (no cap); ValueError for 0, negatives, floats,
+    NaN, bools and non-numbers."""
+    return None if value is None else positive_int("max_workspace_bytes", value)
+
+
+def format_bytes(n: float) -> str:
+    """``n`` bytes as a short human-readable size: ``"512 B"``, ``"1.5 MiB"``."""
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if abs(n) < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    raise AssertionError("unreachable")
 
 
 def batch_chunks(n: int, bytes_per_sample: int, max_workspace_bytes: int | None,
                  cache_chunk_bytes: int | None = None) -> list[slice]:
     """Slices over the batch so that one chunk's workspace stays under the cap (at least 1 sample).
 
-    ``None`` means no cap: the whole batch in one chunk.  Under a cap, ``cache_chunk_bytes`` also
-    keeps a chunk under that size (a single sample when one alone is larger): on the CPU a workspace
-    that small stays in the caches and reuses heap pages, which measured faster than one big buffer
-    even though backward then redoes the im2col (see docs/benchmarks.md).
+    ``None`` means no cap: the whole batch in one chunk; an empty batch has no chunks.  Under a cap,
+    ``cache_chunk_bytes`` also keeps a chunk under that size (a single sample when one alone is larger):
+    on the CPU a workspace that small stays in the caches and reuses heap pages, which measured faster
+    than one big buffer even though backward then redoes the im2col (see docs/benchmarks.md).
     """
-    if max_workspace_bytes is None:
-        return [slice(0, n)]
+    if max_workspace_bytes is None or n == 0:
+        return [slice(0, n)] if n else []
     budget = max_workspace_bytes
     if cache_chunk_bytes is not None:
         budget = min(budget, cache_chunk_bytes)
@@ -55,21 +80,106 @@ def batch_chunks(n: int, bytes_per_sample: int, max_workspace_bytes: int | None,
     return [slice(i, min(i + step, n)) for i in range(0, n, step)]
 
 
-def _chunks(n: int, elements_per_sample: int, x: Array, geom: ConvGeometry, max_workspace_bytes: int | None,
-            cache_chunk_bytes: int | None) -> list[slice]:
-    """:func:`batch_chunks` for ``elements_per_sample`` elements of x's dtype; a pointwise convolution
-    (no im2col, so nothing to keep in the caches) ignores the cache-sized policy."""
-    itemsize = array_namespace(x).finfo(x.dtype).bits // 8
-    return batch_chunks(n, itemsize * elements_per_sample, max_workspace_bytes,
-                        None if geom.is_pointwise else cache_chunk_bytes)
+# -- the units of work: chunks of the batch, or row bands of one sample -----------------------------
+@dataclass(frozen=True)
+class _Unit:
+    """One step of a pass: samples ``batch``, output rows ``rows`` of the first spatial axis, which read
+    input rows ``inputs`` (halo included), as the convolution ``layout`` of those rows."""
+
+    batch: slice
+    layout: ExactLayout | WideLayout
+    rows: slice | None = None           # None: the whole sample
+    inputs: slice | None = None
+
+    @property
+    def is_band(self) -> bool:
+        return self.rows is not None
+
+    def of_input(self, a: Array) -> Array:
+        return a[self.batch, :, self.inputs or slice(None), ...]
+
+    @property
+    def output_index(self) -> tuple:
+        return (self.batch, slice(None), self.rows or slice(None), Ellipsis)
 
 
+def row_bands(geom: ConvGeometry, spatial: Sequence[int], rows: int) -> list[tuple[slice, slice, ExactLayout]]:
+    """Bands of ``rows`` output rows along the first spatial axis, the last band first:
+    (output rows, input rows read, the band's exact layout: those input rows padded by what it reads
+    beyond x).  An input slice is never out of bounds, even for a band that reads only padding."""
+    size, *rest = spatial
+    out = geom.output_shape(spatial)
+    s, d, k, lo = geom.stride[0], geom.dilation[0], geom.kernel[0], geom.padding[0][0]
+    bands = []
+    for r0 in range(0, out[0], rows):
+        r1 = min(r0 + rows, out[0])
+        start, end = r0 * s - lo, (r1 - 1) * s + d * (k - 1) - lo + 1        # rows read, padding included
+        a = min(max(start, 0), size)
+        b = min(max(end, a), size)
+        pad_lo = min(max(a - start, 0), end - start)
+        band_geom = replace(geom, padding=((pad_lo, end - start - (b - a) - pad_lo), *geom.padding[1:]))
+        band_out = (r1 - r0, *out[1:])
+        bands.append((slice(r0, r1), slice(a, b), ExactLayout(band_geom, (b - a, *rest), band_out, band_out)))
+    return bands[::-1]
+
+
+def _units(what: str, x_shape: tuple[int, ...], w_shape: tuple[int, ...], geom: ConvGeometry,
+           layout: ExactLayout | WideLayout, itemsize: int, per_sample: int, band_cost: tuple[int, int, bool],
+           max_workspace_bytes: int | None, cache_chunk_bytes: int | None, memory_limit: int | None) -> list[_Unit]:
+    """The units of a pass over x (N, C, *spatial) and their check against the cap and the memory limit.
+
+    ``per_sample``: the workspace elements of one sample in ``layout``; ``band_cost`` = (elements per
+    output row, fixed elements, whether the band builds im2col columns) of a row band: the band's
+    workspace is ``rows * per_row + fixed`` plus, with columns, an upper bound on a padded copy of the rows it reads.
+    """
+    n, c, *spatial = x_shape
+    cap = check_max_workspace_bytes(max_workspace_bytes)
+    if cap is None or per_sample * itemsize <= cap or n == 0:
+        chunks = batch_chunks(n, itemsize * per_sample, cap, None if geom.is_pointwise else cache_chunk_bytes)
+        biggest = max((sl.stop - sl.start for sl in chunks), default=0) * per_sample * itemsize
+        _check_memory(what, x_shape, w_shape, biggest, memory_limit)
+        return [_Unit(sl, layout) for sl in chunks]
+    per_row, fixed, builds_columns = band_cost
+    s, d, k = geom.stride[0], geom.dilation[0], geom.kernel[0]
+    pad_row = c * math.prod(geom.padded_shape(spatial)[1:]) if builds_columns and not geom.is_pointwise else 0
+
+    def elements(rows: int) -> int:
+        return rows * per_row + fixed + pad_row * ((rows - 1) * s + d * (k - 1) + 1)
+
+    if elements(1) * itemsize > cap:
+        raise ValueError(f"max_workspace_bytes={cap} is too small for {what} of x {x_shape} with weight {w_shape}: "
+                         f"one output row of one sample needs {format_bytes(elements(1) * itemsize)} "
+                         f"({elements(1) * itemsize} bytes) of workspace; raise the cap or pass None")
+    rows = min(geom.output_shape(spatial)[0], (cap // itemsize - elements(0)) // (per_row + pad_row * s))
+    _check_memory(what, x_shape, w_shape, elements(rows) * itemsize, memory_limit)
+    bands = row_bands(geom, spatial, rows)
+    return [_Unit(slice(i, i + 1), lay, out_rows, in_rows) for i in range(n) for out_rows, in_rows, lay in bands]
+
+
+def _check_memory(what: str, x_shape, w_shape, nbytes: int, memory_limit: int | None) -> None:
+    if memory_limit is not None and nbytes > memory_limit:
+        raise MemoryError(f"{what} of x {x_shape} with weight {w_shape} asks for a workspace of "
+                          f"{format_bytes(nbytes)} ({nbytes} bytes), more than the {format_bytes(memory_limit)} "
+                          "allowed (XPCONV_MAX_MEMORY_FRACTION of the device's free memory); lower "
+                          "max_workspace_bytes or the batch size")
+
+
+def _itemsize(a: Array) -> int:
+    return array_namespace(a).finfo(a.dtype).bits // 8
+
+
+def _row_elements(layout: ExactLayout | WideLayout) -> int:
+    """Output positions per row of the first spatial axis."""
+    return math.prod(layout.out[1:])
+
+
+# -- the passes ---------------------------------------------------------------------------------------
 def conv_forward(x: Array, weight: Array, bias: Array | None, geom: ConvGeometry, *,
                  max_workspace_bytes: int | None = DEFAULT_MAX_WORKSPACE_BYTES, cache_chunk_bytes: int | None = None,
-                 keep_cols: bool = False) -> tuple[Array, Array | None]:
-    """y = W · cols(x) + b, one batched GEMM per chunk of the batch.
+                 keep_cols: bool = False, memory_limit: int | None = None) -> tuple[Array, Array | None]:
+    """y = W · cols(x) + b, one batched GEMM per unit (chunk of the batch or row band).
 
-    Workspace per chunk: its columns (none for pointwise convolutions) and its GEMM result.
+    Workspace per unit: its columns (none for pointwise convolutions) and its GEMM result.
     Returns ``(y, cols)``; ``cols``, the GEMM operand (N, G, (C // G) * K, length), is
     returned only when ``keep_cols`` and the whole batch fit in one chunk, else None.
     """
@@ -79,37 +189,43 @@ def conv_forward(x: Array, weight: Array, bias: Array | None, geom: ConvGeometry
     layout = column_layout(geom, spatial)
     w3 = xp.reshape(weight, (g, o // g, (c // g) * layout.taps))               # (G, O/G, Cg*K)
     per_sample = layout.columns_elements(c) + o * layout.length
-    chunks = _chunks(n, per_sample, x, geom, max_workspace_bytes, cache_chunk_bytes)
-    one_gemm = len(chunks) == 1 and not layout.has_extra_columns
+    row = _row_elements(layout)
+    units = _units("the convolution's forward", tuple(x.shape), tuple(weight.shape), geom, layout, _itemsize(x),
+                   per_sample, ((c * layout.taps + o) * row, 0, True), max_workspace_bytes, cache_chunk_bytes,
+                   memory_limit)
+    one_gemm = len(units) == 1 and not units[0].is_band and not layout.has_extra_columns
     y: Array = None if one_gemm else xp.empty((n, o, *layout.out), dtype=x.dtype, device=device(x))
     cols = None
-    for sl in chunks:
-        cols = _gemm_columns(x[sl, ...], layout, g)                           # (m, G, Cg*K, L)
-        yc = layout.outputs(xp.matmul(w3, cols))                              # (m, O, *out)
+    for u in units:
+        cols = _gemm_columns(u.of_input(x), u.layout, g)                      # (m, G, Cg*K, L)
+        yc = u.layout.outputs(xp.matmul(w3, cols))                            # (m, O, *out)
         if one_gemm:
             y = yc
         else:
-            y[sl, ...] = yc
-        if len(chunks) > 1:
-            cols = yc = None                                                  # freed before the next chunk's
+            y[u.output_index] = yc
+        if len(units) > 1:
+            cols = yc = None                                                  # freed before the next unit's
     if bias is not None:
         y += xp.reshape(bias, (1, o) + (1,) * geom.nd)
-    return y, (cols if keep_cols and len(chunks) == 1 else None)
+    keep = keep_cols and len(units) == 1 and not units[0].is_band
+    return y, (cols if keep else None)
 
 
 def conv_backward(grad_output: Array, x: Array, weight: Array, geom: ConvGeometry, *, cols: Array | None = None,
                   need_input_grad: bool = True, max_workspace_bytes: int | None = DEFAULT_MAX_WORKSPACE_BYTES,
-                  cache_chunk_bytes: int | None = None) -> tuple[Array | None, Array]:
+                  cache_chunk_bytes: int | None = None, memory_limit: int | None = None) -> tuple[Array | None, Array]:
     """(dL/dx or None, dL/dW) for y = conv(x, W); ``cols`` is forward's GEMM operand when kept.
 
     dL/dW = sum over the batch of dY · colsᵀ, added one sample after the other: chunking
-            the batch does not change a bit of it (NumPy sums axis 0 in order)
-    dL/dx = :func:`conv_backward_data`; its fold of Wᵀ · dY is done in this loop, on the same chunk of dY
+            the batch does not change a bit of it (NumPy sums axis 0 in order); row bands split
+            the contraction over the output positions, which changes the last bits
+    dL/dx = :func:`conv_backward_data`; its fold of Wᵀ · dY is done in this loop, on the same unit of dY
 
-    Workspace per chunk: cols (unless kept), dY in the columns' layout, per-sample dW, dcols and their fold.
+    Workspace per unit: cols (unless kept), dY in the columns' layout, per-sample dW, dcols and their fold.
+    An empty batch gives an empty dL/dx and a zero dL/dW.
     """
     xp = array_namespace(grad_output, x, weight)
-    n, c, *spatial = x.shape
+    _, c, *spatial = x.shape
     o, g = weight.shape[0], geom.groups
     layout = column_layout(geom, spatial)
     ck = (c // g) * layout.taps
@@ -119,9 +235,7 @@ def conv_backward(grad_output: Array, x: Array, weight: Array, geom: ConvGeometr
     grad_input: Array = None
     if need_input_grad and as_conv:
         grad_input = conv_backward_data(grad_output, weight, geom, spatial, max_workspace_bytes=max_workspace_bytes,
-                                        cache_chunk_bytes=cache_chunk_bytes)
-    elif fold_here:
-        grad_input = xp.empty(x.shape, dtype=x.dtype, device=device(x))
+                                        cache_chunk_bytes=cache_chunk_bytes, memory_limit=memory_limit)
     per_sample = o * ck                                                       # this sample's dW
     if cols is None:
         per_sample += layout.columns_elements(c)
@@ -129,29 +243,40 @@ def conv_backward(grad_output: Array, x: Array, weight: Array, geom: ConvGeometr
         per_sample += o * layout.length                                       # dY widened to the grid
     if fold_here:
         per_sample += layout.fold_elements(c)
-    chunks = _chunks(n, per_sample, x, geom, max_workspace_bytes, cache_chunk_bytes)
+    row = _row_elements(layout)
+    band_per_row = (c * layout.taps * (2 if fold_here else 1) + o) * row      # cols, dcols, dY's copy
+    units = _units("the convolution's backward", tuple(x.shape), tuple(weight.shape), geom, layout, _itemsize(x),
+                   per_sample, (band_per_row, 2 * o * ck, True), max_workspace_bytes, cache_chunk_bytes,
+                   memory_limit)
+    if fold_here:
+        banded = any(u.is_band for u in units)
+        grad_input = (xp.zeros if banded else xp.empty)(x.shape, dtype=x.dtype, device=device(x))
     grad_weight = None
-    for sl in chunks:
-        chunk_cols = _gemm_columns(x[sl, ...], layout, g) if cols is None else cols[sl, ...]
-        dy = layout.output_columns(grad_output[sl, ...], g)                  # (m, G, O/G, L)
+    for u in units:
+        # a band's columns are never kept
+        chunk_cols = (cols[u.batch, ...] if cols is not None and not u.is_band
+                      else _gemm_columns(u.of_input(x), u.layout, g))
+        dy = u.layout.output_columns(grad_output[u.output_index], g)         # (m, G, O/G, L)
         # dWᵀ = cols · dYᵀ: measured 1.4x faster than dY · colsᵀ with OpenBLAS's AVX-512 kernels
         partial = xp.matmul(chunk_cols, xp.matrix_transpose(dy))             # (m, G, Cg*K, O/G)
         if grad_weight is not None:
             partial[0, ...] += grad_weight
         grad_weight = xp.sum(partial, axis=0)
         if fold_here:
-            grad_input[sl, ...] = _fold(columns_grad(w3, dy), layout)
-        chunk_cols = partial = dy = None                                      # freed before the next chunk's
+            _fold_unit(grad_input, u, columns_grad(w3, dy))
+        chunk_cols = partial = dy = None                                      # freed before the next unit's
+    if grad_weight is None:                                                   # an empty batch
+        return grad_input, xp.zeros(weight.shape, dtype=weight.dtype, device=device(weight))
     return grad_input, xp.reshape(xp.matrix_transpose(grad_weight), weight.shape)
 
 
 def conv_backward_data(grad_output: Array, weight: Array, geom: ConvGeometry, spatial: Sequence[int], *,
                        max_workspace_bytes: int | None = DEFAULT_MAX_WORKSPACE_BYTES,
-                       cache_chunk_bytes: int | None = None) -> Array:
+                       cache_chunk_bytes: int | None = None, memory_limit: int | None = None) -> Array:
     """dL/dx (N, C, *spatial) of y = conv(x, W) from dL/dy (N, O, *out): also a transposed convolution's forward.
 
-    conv(dY, flipped Wᵀ) where :func:`data_grad_geometry` allows it, else fold(Wᵀ · dY), chunk by
-    chunk.  Workspace per chunk: dY in the columns' layout, dcols, their fold.
+    conv(dY, flipped Wᵀ) where :func:`data_grad_geometry` allows it, else fold(Wᵀ · dY), unit by
+    unit.  Workspace per unit: dY in the columns' layout, dcols, their fold.
     """
     xp = array_namespace(grad_output, weight)
     n, o = grad_output.shape[:2]
@@ -160,19 +285,35 @@ def conv_backward_data(grad_output: Array, weight: Array, geom: ConvGeometry, sp
     as_conv = data_grad_geometry(geom, o, c)
     if as_conv is not None:
         return conv_forward(grad_output, flipped_transposed_weight(weight, g), None, as_conv,
-                            max_workspace_bytes=max_workspace_bytes, cache_chunk_bytes=cache_chunk_bytes)[0]
+                            max_workspace_bytes=max_workspace_bytes, cache_chunk_bytes=cache_chunk_bytes,
+                            memory_limit=memory_limit)[0]
     layout = column_layout(geom, spatial)
     w3 = xp.reshape(weight, (g, o // g, (c // g) * layout.taps))
     per_sample = layout.fold_elements(c)
     if layout.has_extra_columns:
         per_sample += o * layout.length
-    chunks = _chunks(n, per_sample, grad_output, geom, max_workspace_bytes, cache_chunk_bytes)
-    grad_input = xp.empty((n, c, *spatial), dtype=grad_output.dtype, device=device(grad_output))
-    for sl in chunks:
-        dy = layout.output_columns(grad_output[sl, ...], g)                  # (m, G, O/G, L)
-        grad_input[sl, ...] = _fold(columns_grad(w3, dy), layout)
-        dy = None                                                             # freed before the next chunk's
+    x_shape = (n, c, *spatial)
+    units = _units("the convolution's backward-data pass", x_shape, tuple(weight.shape), geom, layout,
+                   _itemsize(grad_output), per_sample, ((c * layout.taps + o) * _row_elements(layout), 0, False),
+                   max_workspace_bytes, cache_chunk_bytes, memory_limit)
+    banded = any(u.is_band for u in units)
+    grad_input = (xp.zeros if banded else xp.empty)(x_shape, dtype=grad_output.dtype, device=device(grad_output))
+    for u in units:
+        dy = u.layout.output_columns(grad_output[u.output_index], g)         # (m, G, O/G, L)
+        _fold_unit(grad_input, u, columns_grad(w3, dy))
+        dy = None                                                             # freed before the next unit's
     return grad_input
+
+
+def _fold_unit(grad_input: Array, u: _Unit, dcols: Array) -> None:
+    """Put unit ``u``'s dcols (m, G, (C // G) * K, length), folded, into dL/dx: a chunk's fold is assigned,
+    a band's added into its input rows (units come the last band first, see :func:`row_bands`)."""
+    if not u.is_band:
+        grad_input[u.batch, ...] = _fold(dcols, u.layout)
+        return
+    m, c = dcols.shape[0], dcols.shape[1] * dcols.shape[2] // u.layout.taps
+    flat = array_namespace(dcols).reshape(dcols, (m, c, u.layout.taps, u.layout.length))
+    u.layout.fold_into(grad_input, u.batch, u.inputs.start, flat)        # type: ignore[union-attr]
 
 
 def data_grad_geometry(geom: ConvGeometry, o: int, c: int) -> ConvGeometry | None:

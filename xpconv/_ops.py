@@ -6,24 +6,64 @@ or unbatched (C, *spatial), ``weight`` (O, C // groups, *kernel); with ``channel
 (N, *spatial, C) and (O, *kernel, C // groups).  The engine always sees batched, channels-first arrays.
 The namespace and device come from the inputs, and so do those of every result; the engine's chunking
 policy comes from the inputs' :class:`~xpconv.backends.Backend`.
+
+Dtypes: float32 and float64 only, for every array (float16, bfloat16 and mixed precision are not
+supported yet); nothing is promoted.  Memory: every entry point validates ``max_workspace_bytes`` and asks
+the inputs' backend once per call for its free memory (:meth:`~xpconv.backends.Backend.free_memory_bytes`);
+the engine raises MemoryError before it allocates a workspace larger than :func:`max_memory_fraction` of it.
 """
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from array_api_compat import array_namespace, device
 
 from ._columns import col2im, im2col
-from ._engine import DEFAULT_MAX_WORKSPACE_BYTES, conv_backward, conv_backward_data, conv_forward
+from ._docstrings import CONV_ND
+from ._engine import (
+    DEFAULT_MAX_WORKSPACE_BYTES,
+    check_max_workspace_bytes,
+    conv_backward,
+    conv_backward_data,
+    conv_forward,
+)
 from ._geometry import ConvGeometry, make_geometry
 from ._typing import Array
 from .backends import Backend, library_of
+from .validation import check_real
 
-__all__ = ["ConvContext", "namespace_of", "ConvSpec", "prepare", "conv", "conv_grads",
-           "conv_transpose", "conv_transpose_grads", "unfold", "fold", "DEFAULT_MAX_WORKSPACE_BYTES"]
+__all__ = ["ConvContext", "namespace_of", "ConvSpec", "prepare", "conv", "conv_grads", "conv_transpose",
+           "conv_transpose_grads", "conv_transpose_output_shape", "unfold", "fold", "DEFAULT_MAX_WORKSPACE_BYTES",
+           "DEFAULT_MAX_MEMORY_FRACTION", "SUPPORTED_DTYPES", "check_max_workspace_bytes", "max_memory_fraction",
+           "memory_limit"]
+
+SUPPORTED_DTYPES = ("float32", "float64")
+DEFAULT_MAX_MEMORY_FRACTION = 0.9
+_FRACTION_VARIABLE = "XPCONV_MAX_MEMORY_FRACTION"
+
+
+def max_memory_fraction() -> float:
+    """The fraction of the device's free memory one workspace may take: ``$XPCONV_MAX_MEMORY_FRACTION``
+    (a number in (0, 1], read at each call), else 0.9; ValueError naming the variable when it is not one."""
+    text = os.environ.get(_FRACTION_VARIABLE, "").strip()
+    if not text:
+        return DEFAULT_MAX_MEMORY_FRACTION
+    try:
+        value = float(text)
+    except ValueError:
+        raise ValueError(f"{_FRACTION_VARIABLE} must be a number in (0, 1], got {text!r}") from None
+    return check_real(_FRACTION_VARIABLE, value, 0.0, 1.0, low_open=True)
+
+
+def memory_limit(backend: Backend) -> int | None:
+    """The most bytes one workspace may take on ``backend``'s device now (None where its free memory is unknown)."""
+    free = backend.free_memory_bytes()
+    return None if free is None else int(max_memory_fraction() * free)
+
 
 def namespace_of(*arrays: Array | None, names: Sequence[str] | None = None) -> Any:
     """The common Array API namespace of ``arrays`` (None entries skipped).
@@ -51,9 +91,11 @@ def namespace_of(*arrays: Array | None, names: Sequence[str] | None = None) -> A
         if device(a) != device(first):
             raise ValueError(f"{name} is on device {device(a)!r} but {first_name} is on {device(first)!r}; "
                              "xpconv does not copy between devices silently")
+    supported = tuple(getattr(xp, d) for d in SUPPORTED_DTYPES)
     for name, a in given:
-        if not xp.isdtype(a.dtype, "real floating"):
-            raise TypeError(f"{name} must have a real floating dtype (float32 or float64), got {a.dtype}")
+        if a.dtype not in supported:
+            raise TypeError(f"{name} must have a real floating dtype of float32 or float64, got {a.dtype} "
+                            "(float16, bfloat16 and mixed precision are not supported yet)")
         if a.dtype != first.dtype:
             raise TypeError(f"{name} has dtype {a.dtype} but {first_name} has {first.dtype}; "
                             "mixed float dtypes are not promoted silently, cast one of them")
@@ -71,8 +113,12 @@ class ConvContext:
     batched: bool
     channels_last: bool
     out_shape: tuple[int, ...]
-    cache_chunk_bytes: int | None
+    backend: Backend
     cols: Array | None = None
+
+    @property
+    def cache_chunk_bytes(self) -> int | None:
+        return self.backend.cache_chunk_bytes
 
 
 def _weight_layout(channels_last: bool) -> str:
@@ -154,8 +200,7 @@ def prepare(x: Array, weight: Array, bias: Array | None, geom: ConvGeometry | Co
                          f"{list(geom.padded_shape(x.shape[2:]))}")
     if bias is not None and (bias.ndim != 1 or bias.shape[0] != o):
         raise ValueError(f"bias must have shape ({o},) for {o} output channels, got {tuple(bias.shape)}")
-    return ConvContext(xp, x, weight, geom, batched, channels_last, (x.shape[0], o, *out),
-                       Backend.from_array(x).cache_chunk_bytes)
+    return ConvContext(xp, x, weight, geom, batched, channels_last, (x.shape[0], o, *out), Backend.from_array(x))
 
 
 def _finish(xp: Any, a: Array, batched: bool, channels_last: bool) -> Array:
@@ -167,9 +212,11 @@ def conv(x: Array, weight: Array, bias: Array | None, geom: ConvGeometry | ConvS
          max_workspace_bytes: int | None = DEFAULT_MAX_WORKSPACE_BYTES,
          keep_cols: bool = False) -> tuple[Array, ConvContext]:
     """Validated forward pass: (y in the caller's layout, the :class:`ConvContext` backward needs)."""
+    check_max_workspace_bytes(max_workspace_bytes)
     ctx = prepare(x, weight, bias, geom, channels_last=channels_last)
     y, ctx.cols = conv_forward(ctx.x, ctx.weight, bias, ctx.geom, max_workspace_bytes=max_workspace_bytes,
-                                      cache_chunk_bytes=ctx.cache_chunk_bytes, keep_cols=keep_cols)
+                               cache_chunk_bytes=ctx.cache_chunk_bytes, keep_cols=keep_cols,
+                               memory_limit=memory_limit(ctx.backend))
     return _finish(ctx.xp, y, ctx.batched, channels_last), ctx
 
 
@@ -177,6 +224,7 @@ def conv_grads(ctx: ConvContext, grad_output: Array, *, max_workspace_bytes: int
                need_input_grad: bool = True) -> tuple[Array | None, Array, Array]:
     """(grad_input or None, grad_weight, grad_bias) in the caller's layout, from forward's context."""
     xp, nd = ctx.xp, ctx.geom.nd
+    check_max_workspace_bytes(max_workspace_bytes)
     namespace_of(ctx.x, grad_output, names=["x", "grad_output"])
     dy = grad_output if ctx.batched else xp.expand_dims(grad_output, axis=0)
     dy = _to_channels_first(xp, dy, ctx.channels_last)
@@ -187,8 +235,8 @@ def conv_grads(ctx: ConvContext, grad_output: Array, *, max_workspace_bytes: int
         raise ValueError(f"grad_output must have the output's shape {tuple(expected)}, "
                          f"got {tuple(grad_output.shape)}")
     grad_x, grad_w = conv_backward(dy, ctx.x, ctx.weight, ctx.geom, cols=ctx.cols,
-                                          need_input_grad=need_input_grad, max_workspace_bytes=max_workspace_bytes,
-                                          cache_chunk_bytes=ctx.cache_chunk_bytes)
+                                   need_input_grad=need_input_grad, max_workspace_bytes=max_workspace_bytes,
+                                   cache_chunk_bytes=ctx.cache_chunk_bytes, memory_limit=memory_limit(ctx.backend))
     grad_b = xp.sum(dy, axis=(0, *range(2, dy.ndim)))
     grad_w = _from_channels_first(xp, grad_w, ctx.channels_last)
     if grad_x is not None:
@@ -197,34 +245,84 @@ def conv_grads(ctx: ConvContext, grad_output: Array, *, max_workspace_bytes: int
 
 
 # -- the transposed convolution: the convolution's data gradient used as a forward --------------------
-def conv_transpose(x: Array, weight: Array, bias: Array | None, geom: ConvGeometry, out_spatial: Sequence[int], *,
+def conv_transpose_output_shape(geom: ConvGeometry, spatial: Sequence[int],
+                                output_padding: Sequence[int]) -> tuple[int, ...]:
+    """A transposed convolution's output size per axis:
+    ``(size - 1) * stride - lo - hi + dilation * (kernel - 1) + output_padding + 1``."""
+    return tuple((n - 1) * s - lo - hi + d * (k - 1) + op + 1 for n, s, (lo, hi), d, k, op in
+                 zip(spatial, geom.stride, geom.padding, geom.dilation, geom.kernel, output_padding, strict=True))
+
+
+def _associated(geom: ConvGeometry, output_padding: Sequence[int]) -> tuple[ConvGeometry, tuple[int, ...]]:
+    """The associated convolution's geometry and the output's zero-filled high end, per axis.
+
+    ``output_padding`` rows come off the associated convolution's high padding (its input z then maps to x's
+    size exactly, whatever the stride); where they exceed it, the rest lies beyond every kernel tap's reach
+    and receives only the bias.
+    """
+    pads = tuple((lo, max(hi - op, 0)) for (lo, hi), op in zip(geom.padding, output_padding, strict=True))
+    extra = tuple(max(op - hi, 0) for (_, hi), op in zip(geom.padding, output_padding, strict=True))
+    return replace(geom, padding=pads), extra
+
+
+def _core(a: Array, extra: Sequence[int]) -> Array:
+    """``a`` (N, C, *spatial) without its last ``extra`` elements along each spatial axis."""
+    return a[(slice(None), slice(None), *(slice(0, n - e) for n, e in zip(a.shape[2:], extra, strict=True)))]
+
+
+def conv_transpose(x: Array, weight: Array, bias: Array | None, geom: ConvGeometry, output_padding: Sequence[int], *,
                    max_workspace_bytes: int | None = DEFAULT_MAX_WORKSPACE_BYTES) -> Array:
     """y (N, out, *out_spatial) = col2im(Wᵀ · x) + b for x (N, in, *spatial) and weight (in, out // G, *kernel).
 
     It is dL/dz of the associated convolution z (N, out, *out_spatial) -> (N, in, *spatial) for dL/d(output) = x.
+    Validates x against the weight: rank ``nd + 2``, ``in`` channels, a non-empty output.
     """
-    xp = array_namespace(x, weight)
-    y = conv_backward_data(x, weight, geom, out_spatial, max_workspace_bytes=max_workspace_bytes,
-                                  cache_chunk_bytes=Backend.from_array(x).cache_chunk_bytes)
+    check_max_workspace_bytes(max_workspace_bytes)
+    xp = namespace_of(x, weight, bias, names=["x", "weight", "bias"])
+    nd, c_in = geom.nd, weight.shape[0]
+    if x.ndim != nd + 2 or x.shape[1] != c_in:
+        raise ValueError(f"ConvTranspose{nd}d expects x of shape (N, {c_in}, {CONV_ND[nd]['spatial']}), "
+                         f"got {tuple(x.shape)}")
+    assoc, extra = _associated(geom, output_padding)
+    out = conv_transpose_output_shape(geom, x.shape[2:], output_padding)
+    core = tuple(o - e for o, e in zip(out, extra, strict=True))
+    if any(n < 1 for n in core):
+        raise ValueError(f"input {tuple(x.shape[2:])} gives an empty output {out} (without the output padding "
+                         f"beyond the kernel's reach: {core}) with padding {geom.padding}")
+    backend = Backend.from_array(x)
+    y = conv_backward_data(x, weight, assoc, core, max_workspace_bytes=max_workspace_bytes,
+                           cache_chunk_bytes=backend.cache_chunk_bytes, memory_limit=memory_limit(backend))
+    if any(extra):
+        full = xp.zeros((*y.shape[:2], *out), dtype=y.dtype, device=device(y))
+        full[(slice(None), slice(None), *(slice(0, n) for n in core))] = y
+        y = full
     if bias is not None:
-        y = y + xp.reshape(bias, (1, -1) + (1,) * geom.nd)
+        y = y + xp.reshape(bias, (1, -1) + (1,) * nd)
     return y
 
 
-def conv_transpose_grads(x: Array, weight: Array, geom: ConvGeometry, grad_output: Array, *,
-                         max_workspace_bytes: int | None = DEFAULT_MAX_WORKSPACE_BYTES) -> tuple[Array, Array, Array]:
+def conv_transpose_grads(x: Array, weight: Array, geom: ConvGeometry, output_padding: Sequence[int],
+                         grad_output: Array, *, max_workspace_bytes: int | None = DEFAULT_MAX_WORKSPACE_BYTES,
+                         ) -> tuple[Array, Array, Array]:
     """(grad_input, grad_weight, grad_bias) of :func:`conv_transpose` at x for grad_output = dL/dy.
 
     grad_input is the associated convolution's forward of grad_output, grad_weight that convolution's
     weight gradient with the roles of its input (grad_output) and output gradient (x).
     """
-    xp = array_namespace(x, grad_output)
-    policy = Backend.from_array(x).cache_chunk_bytes
-    grad_x, cols = conv_forward(grad_output, weight, None, geom, keep_cols=True,
-                                       max_workspace_bytes=max_workspace_bytes, cache_chunk_bytes=policy)
-    _, grad_w = conv_backward(grad_output=x, x=grad_output, weight=weight, geom=geom, cols=cols,
-                                     need_input_grad=False, max_workspace_bytes=max_workspace_bytes,
-                                     cache_chunk_bytes=policy)
+    check_max_workspace_bytes(max_workspace_bytes)
+    xp = namespace_of(grad_output, x, names=["grad_output", "x"])
+    expected = (x.shape[0], weight.shape[1] * geom.groups, *conv_transpose_output_shape(geom, x.shape[2:],
+                                                                                         output_padding))
+    if tuple(grad_output.shape) != expected:
+        raise ValueError(f"grad_output must have the output's shape {expected}, got {tuple(grad_output.shape)}")
+    assoc, extra = _associated(geom, output_padding)
+    dy = _core(grad_output, extra) if any(extra) else grad_output
+    backend = Backend.from_array(x)
+    chunking, limit = backend.cache_chunk_bytes, memory_limit(backend)
+    grad_x, cols = conv_forward(dy, weight, None, assoc, keep_cols=True, max_workspace_bytes=max_workspace_bytes,
+                                cache_chunk_bytes=chunking, memory_limit=limit)
+    _, grad_w = conv_backward(grad_output=x, x=dy, weight=weight, geom=assoc, cols=cols, need_input_grad=False,
+                              max_workspace_bytes=max_workspace_bytes, cache_chunk_bytes=chunking, memory_limit=limit)
     return grad_x, grad_w, xp.sum(grad_output, axis=(0, *range(2, grad_output.ndim)))
 
 

@@ -149,6 +149,18 @@ class Backend:
         that cannot be told."""
         return None
 
+    def free_memory_bytes(self) -> int | None:
+        """Bytes of memory free on this device now, or None where that cannot be told.
+
+        On the CPU: the physical pages the OS reports available (``os.sysconf("SC_AVPHYS_PAGES")``, free
+        pages on Linux, not counting the page cache it could reclaim).  A GPU backend overrides it.
+        """
+        try:
+            pages, size = os.sysconf("SC_AVPHYS_PAGES"), os.sysconf("SC_PAGE_SIZE")
+        except (AttributeError, ValueError, OSError):
+            return None
+        return pages * size if pages >= 0 and size > 0 else None
+
     # -- construction ------------------------------------------------------------------------------
     @staticmethod
     def from_array(x: Array) -> Backend:
@@ -237,6 +249,14 @@ class CupyBackend(Backend):
         self.synchronize()
         return pool.total_bytes() - base
 
+    def free_memory_bytes(self) -> int | None:
+        """The device's free bytes (``cudaMemGetInfo``) plus those CuPy's memory pool holds unused."""
+        import cupy
+
+        with self.device:
+            free, _ = cupy.cuda.runtime.memGetInfo()
+        return int(free) + int(cupy.get_default_memory_pool().free_bytes())
+
 
 class TorchBackend(Backend):
     name, module = "torch", "torch"
@@ -293,6 +313,17 @@ class TorchBackend(Backend):
         fn()
         self.synchronize()
         return torch.cuda.max_memory_allocated(self.device) - base
+
+    def free_memory_bytes(self) -> int | None:
+        """On CUDA the device's free bytes (``torch.cuda.mem_get_info``) plus those torch's caching allocator
+        holds unused; on the CPU the OS's figure."""
+        if not self.is_gpu:
+            return super().free_memory_bytes()
+        import torch
+
+        free, _ = torch.cuda.mem_get_info(self.device)
+        cached = torch.cuda.memory_reserved(self.device) - torch.cuda.memory_allocated(self.device)
+        return int(free) + int(cached)
 
 
 _CLASSES: dict[str, type[Backend]] = {cls.name: cls for cls in (NumpyBackend, CupyBackend, TorchBackend,
@@ -402,7 +433,9 @@ def _make(name: str, device: Device) -> Backend:
         if device is None:
             device = xp.__array_namespace_info__().default_device()
         elif isinstance(device, str):
+            # by name ('device1', as `--device device1`) or by repr ("array_api_strict.Device('device1')")
             devices = {str(d): d for d in xp.__array_namespace_info__().devices()}
+            devices |= {key.split("'")[1]: d for key, d in devices.items() if key.count("'") == 2}
             if device not in devices:
                 raise ValueError(f"array_api_strict device must be one of {sorted(devices)}, got {device!r}")
             device = devices[device]

@@ -67,13 +67,17 @@ _CONV_BODY = """
     ------
     TypeError
         If an argument is not a NumPy, CuPy, torch or array-api-strict array, the arrays come from
-        different libraries, a dtype is not real floating, or the dtypes differ (nothing is promoted);
-        also if a tuple of ``stride``/``padding``/``dilation`` holds a non-int.
+        different libraries, a dtype is not float32 or float64 (float16 and bfloat16 are not supported),
+        or the dtypes differ (nothing is promoted); also if a tuple of ``stride``/``padding``/``dilation``
+        holds a non-int.
     ValueError
         If the arrays are on different devices; ``x`` or ``weight`` has the wrong rank;
         {bad_conv_hyper};
         ``groups`` does not divide ``C`` or ``O``; ``C`` differs from ``weight``'s ``C // groups`` times
-        ``groups``; the dilated kernel is larger than the padded input; ``bias`` is not ``(O,)``.
+        ``groups``; the dilated kernel is larger than the padded input; ``bias`` is not ``(O,)``;
+        ``max_workspace_bytes`` is not a positive int or None, or is smaller than one output row's workspace.
+    MemoryError
+        If the workspace would exceed ``$XPCONV_MAX_MEMORY_FRACTION`` (default 0.9) of the device's free memory.
 
     See Also
     --------
@@ -99,7 +103,7 @@ _BACKWARD_BODY = """
     channels_last : bool, default False
         The forward call's hyper-parameters, with the meanings given in :func:`conv{nd}d`.
     max_workspace_bytes : int or None, default 256 MiB
-        Cap on the im2col workspace, as in :func:`conv{nd}d`.
+        Bound on the workspace, as in :func:`conv{nd}d`.
 
     Returns
     -------
@@ -118,6 +122,8 @@ _BACKWARD_BODY = """
     ValueError
         In the cases of :func:`conv{nd}d`, and if ``grad_output`` is on another device than ``x`` or does not
         have the forward output's shape.
+    MemoryError
+        As in :func:`conv{nd}d`.
 """
 
 

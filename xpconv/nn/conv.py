@@ -5,7 +5,7 @@ import math
 
 from .._docstrings import CONV_ND, fill_doc
 from .._geometry import make_geometry
-from .._ops import DEFAULT_MAX_WORKSPACE_BYTES, conv, conv_grads
+from .._ops import DEFAULT_MAX_WORKSPACE_BYTES, check_max_workspace_bytes, conv, conv_grads
 from ..validation import int_tuple, positive_int
 from .init import init_weight_and_bias
 from .module import Module, Parameter
@@ -78,7 +78,7 @@ class _ConvNd(Module):
         self.in_channels, self.out_channels, self.kernel_size = in_channels, out_channels, kernel
         self.stride, self.padding, self.dilation, self.groups = stride, padding, dilation, self.geometry.groups
         self.channels_last = channels_last
-        self.max_workspace_bytes = max_workspace_bytes
+        self.max_workspace_bytes = check_max_workspace_bytes(max_workspace_bytes)
         cg = in_channels // groups
         init_weight_and_bias(self, (out_channels, cg, *kernel), cg * math.prod(kernel),
                              out_channels if bias else None, seed, channels_last)
