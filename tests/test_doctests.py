@@ -16,7 +16,10 @@ FLAGS = doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE
 
 # Modules whose public API must carry examples; every other module of xpconv.nn is run too (0 examples is fine).
 WITH_EXAMPLES = {"xpconv.functional"} | {f"xpconv.nn.{m}" for m in (
-    "activation", "batchnorm", "container", "conv", "conv_transpose", "linear", "loss", "pooling")}
+    "activation", "normalization", "container", "conv", "conv_transpose", "linear", "loss", "pooling", "dropout",
+    "shape")} | {
+    f"xpconv.models{m}" for m in ("", ".small_cnn", ".lenet", ".resnet")}
+WITH_EXAMPLES |= {"xpconv.nn.utils", "xpconv.optim.optimizer", "xpconv.optim.lr_scheduler"}
 MODULES = sorted(WITH_EXAMPLES | {"xpconv.nn"} | {m.name for m in pkgutil.iter_modules(xpconv.nn.__path__,
                                                                                        "xpconv.nn.")})
 

@@ -154,3 +154,68 @@ def test_sequential_to_moves_every_layer(backend, rng):
     model.to(backend)
     assert all(m.backend == backend for m in model.modules())
     np.testing.assert_allclose(as_numpy(model(backend.asarray(x_np))), expected, rtol=1e-6, atol=1e-6)
+
+
+# -- Flatten's gradient check, Upsample ---------------------------------------------------------------------
+def test_flatten_rejects_a_wrong_gradient_and_keeps_its_cache(backend):
+    xp = backend.xp
+    layer = nn.Flatten(backend=backend)
+    layer(xp.zeros((2, 3, 4), dtype=xp.float32, device=backend.device))
+    for bad in ((2, 3, 4), (12, 2), (1, 12)):              # the input's shape, a same-size reshape, a broadcast
+        with pytest.raises(ValueError, match=r"shape \(2, 12\), got"):
+            layer.backward(xp.ones(bad, dtype=xp.float32, device=backend.device))
+    assert tuple(layer.backward(xp.ones((2, 12), dtype=xp.float32, device=backend.device)).shape) == (2, 3, 4)
+
+
+UPSAMPLE_CASES = [((2, 3, 4), {"scale_factor": 3}), ((2, 3, 4), {"size": 8}), ((1, 2, 3, 2), {"scale_factor": 2}),
+                  ((1, 2, 3, 2), {"scale_factor": (1, 3)}), ((1, 2, 3, 2), {"scale_factor": 2.0}),
+                  ((1, 2, 3, 2), {"size": (6, 10)}), ((1, 1, 2, 3, 2), {"scale_factor": (2, 1, 3)}),
+                  ((2, 1, 2, 2, 2), {"size": 4, "mode": "nearest-exact"})]
+
+
+@pytest.mark.parametrize("shape, kwargs", UPSAMPLE_CASES)
+def test_upsample_by_finite_differences(backend, rng, shape, kwargs):
+    check_layer_gradients(nn.Upsample(**kwargs, backend=backend, dtype="float64"), rng.standard_normal(shape))
+
+
+@needs_torch
+@pytest.mark.parametrize("shape, kwargs", UPSAMPLE_CASES)
+def test_upsample_matches_torch(backend, rng, shape, kwargs):
+    import torch
+
+    x_np = rng.standard_normal(shape)
+    layer = nn.Upsample(**kwargs, backend=backend, dtype="float64")
+    y = layer(backend.asarray(x_np))
+    dy = rng.standard_normal(tuple(y.shape))
+    dx = layer.backward(backend.asarray(dy))
+    xt = torch_leaf(x_np)
+    yt = torch.nn.Upsample(**kwargs)(xt)
+    yt.backward(torch.from_numpy(dy))
+    np.testing.assert_array_equal(as_numpy(y), yt.detach().numpy())
+    np.testing.assert_allclose(as_numpy(dx), xt.grad.numpy(), rtol=1e-12, atol=1e-14)
+
+
+def test_upsample_bad_arguments_and_gradients(backend):
+    xp = backend.xp
+    x = xp.zeros((1, 2, 3, 3), dtype=xp.float32, device=backend.device)
+    for kwargs in ({"scale_factor": 1.5}, {"scale_factor": 0}, {"scale_factor": (2, float("nan"))},
+                   {"scale_factor": True}, {"size": 0}, {"size": 2.0}, {}, {"size": 4, "scale_factor": 2},
+                   {"scale_factor": 2, "mode": "bilinear"}, {"scale_factor": ()}):
+        with pytest.raises(ValueError, match=r"Upsample|scale_factor|size"):
+            nn.Upsample(**kwargs)
+    with pytest.raises(ValueError, match="multiples of the input"):
+        nn.Upsample(size=(4, 6), backend=backend)(x)
+    with pytest.raises(ValueError, match=r"needs 1 or 2 values"):
+        nn.Upsample(scale_factor=(2, 2, 2), backend=backend)(x)
+    with pytest.raises(ValueError, match="1 to 3 spatial axes"):
+        nn.Upsample(scale_factor=2, backend=backend)(xp.zeros((2, 3), dtype=xp.float32, device=backend.device))
+    layer = nn.Upsample(scale_factor=2, backend=backend)
+    y = layer(x)
+    assert y.dtype == xp.float32 and tuple(y.shape) == (1, 2, 6, 6)
+    with pytest.raises(ValueError, match=r"shape \(1, 2, 6, 6\), got \(1, 2, 6, 1\)"):
+        layer.backward(xp.ones((1, 2, 6, 1), dtype=xp.float32, device=backend.device))
+    assert tuple(layer.backward(xp.ones_like(y)).shape) == (1, 2, 3, 3)
+    layer.eval()
+    layer(x)
+    with pytest.raises(RuntimeError, match="training mode"):
+        layer.backward(y)

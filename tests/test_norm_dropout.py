@@ -61,6 +61,61 @@ def test_dropout_extreme_p_and_bad_arguments(backend):
             nn.Dropout(0.5)(x)
 
 
+def test_dropout_rejects_a_wrong_gradient_and_keeps_its_mask(backend):
+    xp = backend.xp
+    layer = nn.Dropout(0.5, backend=backend, seed=0)
+    y = layer(xp.ones((2, 3), dtype=xp.float32, device=backend.device))
+    with pytest.raises(ValueError, match=r"shape \(2, 3\), got \(1, 3\)"):    # would broadcast silently
+        layer.backward(xp.ones((1, 3), dtype=xp.float32, device=backend.device))
+    np.testing.assert_array_equal(as_numpy(layer.backward(xp.ones_like(y))), as_numpy(y))
+
+
+# -- Dropout2d -----------------------------------------------------------------------------------------
+@pytest.mark.parametrize("shape", [(3, 4, 2, 3), (5, 2, 3)])
+def test_dropout2d_zeroes_whole_channels_with_dropouts_masks(backend, shape):
+    x = np.ones(shape, dtype=np.float32)
+    layer = nn.Dropout2d(0.5, backend=backend, seed=4)
+    y = as_numpy(layer(backend.asarray(x)))
+    keep = np.random.default_rng(4).random((*shape[:-2], 1, 1)) >= 0.5   # Dropout's draw, one per channel
+    np.testing.assert_array_equal(y, np.broadcast_to(keep * 2.0, shape))
+    assert 0 < keep.sum() < keep.size
+    np.testing.assert_array_equal(as_numpy(layer.backward(backend.asarray(3 * x))), 3 * y)
+    layer.eval()
+    np.testing.assert_array_equal(as_numpy(layer(backend.asarray(x))), x)
+
+
+def test_dropout2d_gradient_by_finite_differences(backend, rng):
+    layer = nn.Dropout2d(0.4, backend=backend, dtype="float64")
+
+    def replay_mask():
+        layer.rng = np.random.default_rng(5)
+
+    check_layer_gradients(layer, rng.standard_normal((2, 3, 2, 2)), reset=replay_mask)
+
+
+@needs_torch
+def test_dropout2d_statistics_match_torch_semantics(backend, rng):
+    """Per-channel keep rate 1 - p and the 1/(1-p) scale, as torch's Dropout2d (whose masks come from its own RNG)."""
+    import torch
+
+    x = rng.uniform(1.0, 2.0, size=(40, 50, 2, 2))
+    y = as_numpy(nn.Dropout2d(0.3, backend=backend, dtype="float64", seed=1)(backend.asarray(x)))
+    torch.manual_seed(0)
+    yt = torch.nn.Dropout2d(0.3)(torch.from_numpy(x)).numpy()
+    for out in (y, yt):
+        kept = np.all(out != 0, axis=(2, 3))
+        assert np.array_equal(kept, np.any(out != 0, axis=(2, 3)))           # a channel is kept or dropped whole
+        assert 0.65 < kept.mean() < 0.75                                      # 2000 channels, p = 0.3
+        np.testing.assert_allclose(out[kept], x[kept] / 0.7, rtol=1e-12)
+
+
+def test_dropout2d_rejects_other_ranks(backend):
+    xp = backend.xp
+    with pytest.raises(ValueError, match=r"Dropout2d expects x of shape \(N, C, H, W\) or \(C, H, W\)"):
+        nn.Dropout2d(backend=backend)(xp.ones((2, 3), dtype=xp.float32, device=backend.device))
+    assert nn.Dropout2d(backend=backend).eval()(xp.ones((2, 3), dtype=xp.float32, device=backend.device)) is not None
+
+
 # -- BatchNorm2d ---------------------------------------------------------------------------------------
 @pytest.mark.parametrize("affine", [True, False])
 def test_batchnorm_gradients_by_finite_differences(backend, rng, affine):

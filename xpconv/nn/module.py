@@ -73,10 +73,17 @@ class Module:
             self._modules[name] = value
         object.__setattr__(self, name, value)
 
-    def register_buffer(self, name: str, value: Array) -> None:
-        """Keep a non-trainable array (e.g. running statistics) that moves and saves with the module."""
+    def register_buffer(self, name: str, value: Array | None) -> None:
+        """Keep a non-trainable array (e.g. running statistics) that moves and saves with the module.
+
+        A None buffer (as torch's ``BatchNorm(track_running_stats=False)``) is neither moved nor saved.
+        """
         object.__setattr__(self, name, value)
         self._buffers[name] = True
+
+    def _present_buffers(self) -> list[str]:
+        """The names of the buffers that hold an array (not None)."""
+        return [name for name in self._buffers if getattr(self, name) is not None]
 
     # -- running ---------------------------------------------------------------------------------
     def __call__(self, x: Array) -> Array:
@@ -94,6 +101,16 @@ class Module:
             raise RuntimeError(f"{type(self).__name__}.backward() needs a preceding {what} in training mode "
                                "(model.train()); the cache is cleared after each backward")
         return cache
+
+    def _check_grad_shape(self, grad_output: Array, expected_shape: tuple[int, ...]) -> None:
+        """ValueError naming both shapes unless ``grad_output`` has ``expected_shape`` (the forward output's).
+
+        Call it in ``backward`` before dropping the forward cache, so a rejected gradient leaves it intact.
+        """
+        got, expected = tuple(grad_output.shape), tuple(expected_shape)
+        if got != expected:
+            raise ValueError(f"{type(self).__name__}.backward() expects grad_output of the forward output's "
+                             f"shape {expected}, got {got}")
 
     # -- parameters and modes --------------------------------------------------------------------
     def named_parameters(self, prefix: str = "") -> Iterator[tuple[str, Parameter]]:
@@ -135,7 +152,7 @@ class Module:
             for p in m._parameters.values():
                 p.data = target.asarray(p.data)
                 p.grad = target.asarray(p.grad)
-            for name in m._buffers:
+            for name in m._present_buffers():
                 object.__setattr__(m, name, target.asarray(getattr(m, name)))
             m._clear_cache()
             object.__setattr__(m, "backend", target)
@@ -147,7 +164,7 @@ class Module:
         for prefix, m in self._named_modules():
             for name, p in m._parameters.items():
                 state[prefix + name] = np.array(to_numpy(p.data), copy=True)
-            for name in m._buffers:
+            for name in m._present_buffers():
                 state[prefix + name] = np.array(to_numpy(getattr(m, name)), copy=True)
         return state
 
@@ -170,13 +187,13 @@ class Module:
         # Convert everything first, then assign: a failure part-way leaves the model unchanged.
         new = {}
         for prefix, m in self._named_modules():
-            for name in (*m._parameters, *m._buffers):
+            for name in (*m._parameters, *m._present_buffers()):
                 old = m._parameters[name].data if name in m._parameters else getattr(m, name)
                 new[prefix + name] = m.backend.asarray(host[prefix + name], dtype=old.dtype)
         for prefix, m in self._named_modules():
             for name, p in m._parameters.items():
                 p.data = new[prefix + name]
-            for name in m._buffers:
+            for name in m._present_buffers():
                 object.__setattr__(m, name, new[prefix + name])
             m._clear_cache()
 
