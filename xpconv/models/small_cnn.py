@@ -1,17 +1,17 @@
-"""Ready-made models, each rebuildable from the ``arch`` record that :func:`xpconv.save` stores."""
+"""small_cnn: two conv-ReLU-maxpool stages and a linear layer, for 8x8 digits or MNIST."""
 from __future__ import annotations
-
-from typing import Any
 
 import numpy as np
 
-from . import nn
-from ._typing import Device
-from .backends import Backend
+from .. import nn
+from .._docstrings import fill_doc
+from .._typing import Device
+from ..backends import Backend
 
-__all__ = ["small_cnn", "build_model", "MODELS"]
+__all__ = ["small_cnn"]
 
 
+@fill_doc(backend_role="Where the parameters live and the model computes:")
 def small_cnn(in_channels: int = 1, num_classes: int = 10, image_size: int = 8, channels: tuple[int, int] = (32, 64),
               *, backend: str | Backend | None = None, device: Device = None, dtype: str = "float32",
               seed: int | None = 0) -> nn.Sequential:
@@ -21,6 +21,33 @@ def small_cnn(in_channels: int = 1, num_classes: int = 10, image_size: int = 8, 
     Both convolutions keep the size (padding 1) and each pool halves it, so the
     linear layer sees ``channels[1] * (image_size // 4)**2`` features.  Every layer
     is initialized as in torch from a seed derived from ``seed``.
+
+    Parameters
+    ----------
+    in_channels, num_classes : int, default 1, 10
+        Input channels and number of classes.
+    image_size : int, default 8
+        Height and width of the input images, >= 4.
+    channels : pair of int, default (32, 64)
+        Output channels of the two convolutions.
+    {backend_device_dtype}
+    seed : int or None, default 0
+        Seed of the initial weights; None: fresh entropy.
+
+    Raises
+    ------
+    ValueError
+        If ``image_size < 4``, or the layers refuse a size.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from xpconv.models import small_cnn
+    >>> model = small_cnn(channels=(4, 8))
+    >>> model(np.zeros((2, 1, 8, 8), dtype=np.float32)).shape
+    (2, 10)
+    >>> model.arch["name"], list(model.state_dict())[:2]
+    ('small_cnn', ['0.weight', '0.bias'])
     """
     if image_size < 4:
         raise ValueError(f"small_cnn needs image_size >= 4 (two 2x2 poolings), got {image_size}")
@@ -36,16 +63,3 @@ def small_cnn(in_channels: int = 1, num_classes: int = 10, image_size: int = 8, 
     model.arch = {"name": "small_cnn", "kwargs": {"in_channels": in_channels, "num_classes": num_classes,
                                                   "image_size": image_size, "channels": [c1, c2], "dtype": dtype}}
     return model
-
-
-MODELS = {"small_cnn": small_cnn}
-
-
-def build_model(arch: dict[str, Any], *, backend: str | Backend | None = None, device: Device = None) -> nn.Module:
-    """The model an ``arch`` record ``{"name": ..., "kwargs": {...}}`` describes, on ``backend``/``device``."""
-    if not isinstance(arch, dict) or arch.get("name") not in MODELS or not isinstance(arch.get("kwargs", {}), dict):
-        raise ValueError(f"unknown architecture {arch!r}; known: {', '.join(MODELS)}")
-    try:
-        return MODELS[arch["name"]](**arch.get("kwargs", {}), backend=backend, device=device)
-    except TypeError as exc:
-        raise ValueError(f"architecture record {arch!r} does not fit {arch['name']}: {exc}") from None

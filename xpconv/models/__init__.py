@@ -1,0 +1,57 @@
+"""Ready-made models, each rebuildable from the ``arch`` record that :func:`xpconv.save` stores.
+
+=================  ==========================================================  ==================
+name               network                                                     input
+=================  ==========================================================  ==================
+``small_cnn``      two conv-ReLU-maxpool stages and a linear layer              (N, 1, 8, 8)
+``lenet5``         LeNet-5, modern variant (ReLU, max pooling)                  (N, 1, 28, 28)
+``resnet20/32/56`` He et al.'s CIFAR ResNets, option-A shortcuts by default     (N, 3, 32, 32)
+``cifar_resnet``   the same family with any number of blocks per stage         (N, 3, 32, 32)
+=================  ==========================================================  ==================
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from .. import nn
+from .._typing import Device
+from ..backends import Backend
+from .lenet import lenet5
+from .resnet import BasicBlock, Bottleneck, ZeroPadShortcut, cifar_resnet, resnet20, resnet32, resnet56
+from .small_cnn import small_cnn
+
+__all__ = ["small_cnn", "lenet5", "resnet20", "resnet32", "resnet56", "cifar_resnet", "BasicBlock", "Bottleneck",
+           "ZeroPadShortcut", "build_model", "MODELS"]
+
+MODELS = {"small_cnn": small_cnn, "lenet5": lenet5, "resnet20": resnet20, "resnet32": resnet32,
+          "resnet56": resnet56, "cifar_resnet": cifar_resnet}
+
+
+def build_model(arch: dict[str, Any], *, backend: str | Backend | None = None, device: Device = None) -> nn.Module:
+    """The model an ``arch`` record ``{"name": ..., "kwargs": {...}}`` describes, on ``backend``/``device``.
+
+    Parameters
+    ----------
+    arch : dict
+        ``{"name": <a key of MODELS>, "kwargs": {...}}``, as a builder stores in ``model.arch`` and
+        :func:`xpconv.save` writes to the file.
+    backend, device
+        Where to build the model.
+
+    Raises
+    ------
+    ValueError
+        If the name is unknown or the keyword arguments do not fit the builder.
+
+    Examples
+    --------
+    >>> from xpconv.models import build_model, lenet5
+    >>> build_model(lenet5(num_classes=3).arch).fc3.out_features
+    3
+    """
+    if not isinstance(arch, dict) or arch.get("name") not in MODELS or not isinstance(arch.get("kwargs", {}), dict):
+        raise ValueError(f"unknown architecture {arch!r}; known: {', '.join(MODELS)}")
+    try:
+        return MODELS[arch["name"]](**arch.get("kwargs", {}), backend=backend, device=device)
+    except TypeError as exc:
+        raise ValueError(f"architecture record {arch!r} does not fit {arch['name']}: {exc}") from None
