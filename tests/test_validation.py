@@ -91,4 +91,5 @@ def test_layers_and_optimizers_take_numpy_scalars_as_pytorch_does():
     assert nn.Dropout(np.float32(0.25)).p == 0.25
     sgd = SGD(conv.parameters(), lr=np.float32(0.1), momentum=np.float64(0.9))
     assert sgd.lr == pytest.approx(0.1) and type(sgd.lr) is float
-    assert Adam(conv.parameters(), lr=np.float32(1e-3), betas=(np.float32(0.9), 0.99)).betas[1] == 0.99
+    adam = Adam(conv.parameters(), lr=np.float32(1e-3), betas=(np.float32(0.9), 0.99))
+    assert adam.param_groups[0]["betas"][1] == 0.99
