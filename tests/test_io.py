@@ -2,6 +2,11 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
 
 import numpy as np
 import pytest
@@ -67,9 +72,15 @@ def test_missing_truncated_and_foreign_files(tmp_path):
     np.savez(tmp_path / "other.npz", w=np.zeros(3))
     with pytest.raises(ValueError, match="not an xpconv model file"):
         xpconv.load(tmp_path / "other.npz", model)
-    (tmp_path / "text.npz").write_text("hello")
-    with pytest.raises(ValueError, match=r"not a readable \.npz"):
-        xpconv.load(tmp_path / "text.npz", model)
+    for name, text in (("text.npz", "hello"), ("meta.json", '{"format": "xpconv-model"}'), ("empty.npz", "")):
+        (tmp_path / name).write_text(text)
+        with pytest.raises(ValueError, match=rf"{name}: not an \.npz archive"):
+            xpconv.load(tmp_path / name, model)
+    np.save(tmp_path / "single.npy", np.zeros(3))
+    with pytest.raises(ValueError, match=r"single\.npy: not an \.npz archive"):
+        xpconv.load(tmp_path / "single.npy", model)
+    with pytest.raises(IsADirectoryError, match="is a directory"):
+        xpconv.load(tmp_path, model)
     for key, value in before.items():
         np.testing.assert_array_equal(model.state_dict()[key], value)
 
@@ -123,3 +134,139 @@ def test_save_refuses_state_keys_that_np_savez_would_take_as_its_own_arguments(t
     with pytest.raises(ValueError, match=rf"\['{name}'\] are reserved"):
         xpconv.save(model, tmp_path / "m.npz")
     assert list(tmp_path.iterdir()) == []
+
+
+def _with_meta(tmp_path, name, **changes):
+    """A copy of a valid model file whose metadata has ``changes`` (a value None deletes the key)."""
+    path = xpconv.save(_model(seed=1), tmp_path / "ok.npz")
+    arrays = dict(np.load(path))
+    meta = json.loads(str(arrays["__xpconv_meta__"]))
+    if "whole" in changes:
+        meta = changes["whole"]
+    else:
+        for key, value in changes.items():
+            meta.pop(key) if value is None else meta.__setitem__(key, value)
+    arrays["__xpconv_meta__"] = np.array(json.dumps(meta))
+    np.savez(tmp_path / name, **arrays)
+    return tmp_path / name
+
+
+@pytest.mark.parametrize("changes, match", [
+    (dict(whole=[1, 2]), "metadata is a JSON list"),
+    (dict(whole=3), "metadata is a JSON int"),
+    (dict(whole="xpconv-model"), "metadata is a JSON str"),
+    (dict(extra=None), "'extra' must be an object"),
+    (dict(extra="hello"), "'extra' must be an object"),
+    (dict(arch=[1]), "'arch' must be null or"),
+    (dict(arch={"name": 3}), "'arch' must be null or"),
+    (dict(arch={"name": "small_cnn", "kwargs": [1]}), "'arch' must be null or"),
+])
+def test_metadata_of_the_wrong_shape_is_a_value_error_naming_the_file(tmp_path, changes, match):
+    path = _with_meta(tmp_path, "bad.npz", **changes)
+    for read in (xpconv.io.read_metadata, xpconv.load, lambda p: xpconv.load(p, _model(seed=1))):
+        with pytest.raises(ValueError, match=rf"bad\.npz: .*{match}"):
+            read(path)
+
+
+@pytest.mark.parametrize("kwargs", [
+    {"channels": [32]}, {"channels": [32, 64, 128]}, {"channels": "ab"}, {"channels": 5},
+    {"in_channels": "1"}, {"in_channels": 1.5}, {"num_classes": True}, {"image_size": 2}, {"image_size": 1e300},
+    {"dtype": "int8"}, {"no_such_argument": 1}, {"backend": "numpy"},
+])
+def test_architecture_records_that_cannot_be_built_are_value_errors_naming_the_file(tmp_path, kwargs):
+    from xpconv.models import small_cnn
+
+    path = xpconv.save(small_cnn(seed=0), tmp_path / "m.npz")
+    arrays = dict(np.load(path))
+    meta = json.loads(str(arrays["__xpconv_meta__"]))
+    meta["arch"]["kwargs"].update(kwargs)
+    arrays["__xpconv_meta__"] = np.array(json.dumps(meta))
+    np.savez(tmp_path / "bad.npz", **arrays)
+    with pytest.raises(ValueError, match=r"bad\.npz: the recorded architecture cannot be built"):
+        xpconv.load(tmp_path / "bad.npz")
+
+
+def test_an_unreadable_file_is_a_permission_error(tmp_path):
+    path = xpconv.save(_model(seed=1), tmp_path / "m.npz")
+    path.chmod(0)
+    code = f"import xpconv; xpconv.io.read_npz({str(path)!r})"
+    # root reads any file: drop the capability that lets it (setpriv, util-linux) where we run as root
+    prefix = ["setpriv", "--bounding-set=-dac_override,-dac_read_search"] if os.geteuid() == 0 else []
+    if prefix and subprocess.run(["setpriv", "--version"], capture_output=True).returncode != 0:
+        pytest.skip("running as root without setpriv: file permissions cannot be tested")
+    result = subprocess.run([*prefix, sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 1
+    last = result.stderr.strip().splitlines()[-1]
+    assert last == f"PermissionError: {path}: permission denied (cannot read the file)"
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o077])
+def test_saved_files_get_the_permissions_of_an_ordinary_open(tmp_path, umask):
+    old = os.umask(umask)
+    try:
+        path = xpconv.save(_model(seed=1), tmp_path / "m.npz")
+        with open(tmp_path / "plain", "w"):
+            pass
+    finally:
+        os.umask(old)
+    assert path.stat().st_mode & 0o777 == 0o666 & ~umask == (tmp_path / "plain").stat().st_mode & 0o777
+    path.chmod(0o640)                                   # overwriting keeps the file's mode, as open(..., "w") does
+    xpconv.save(_model(seed=2), path)
+    assert path.stat().st_mode & 0o777 == 0o640
+
+
+@pytest.mark.parametrize("error", [RuntimeError, KeyboardInterrupt])
+def test_an_interrupted_write_leaves_the_old_file_and_no_temporary_file(tmp_path, error):
+    target = xpconv.io.atomic_write(tmp_path / "f.bin", b"old")
+
+    def failing(f):
+        f.write(b"new, partial")
+        raise error("stop")
+
+    with pytest.raises(error, match="stop"):
+        xpconv.io.atomic_write(target, failing)
+    assert [p.name for p in tmp_path.iterdir()] == ["f.bin"] and target.read_bytes() == b"old"
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL          # the previous handler is back
+
+
+def test_write_errors_name_the_target_not_the_temporary_file(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"no-dir.*m\.npz: directory .*no-dir does not exist"):
+        xpconv.save(_model(seed=1), tmp_path / "no-dir" / "m.npz")
+    with pytest.raises(IsADirectoryError, match="is a directory"):
+        xpconv.save(_model(seed=1), tmp_path)
+    assert list(tmp_path.iterdir()) == []
+
+
+SLOW_SAVE = """
+import sys, time
+import numpy as np
+import xpconv
+from xpconv import nn
+
+def slow_savez(f, **arrays):
+    f.write(b"partial")
+    f.flush()
+    print("writing", flush=True)
+    time.sleep(60)
+
+np.savez = slow_savez
+xpconv.save(nn.Sequential(nn.Linear(2, 2, seed=0)), sys.argv[1])
+"""
+
+
+def test_sigterm_during_a_save_removes_the_temporary_file_and_keeps_the_old_one(tmp_path):
+    target = tmp_path / "m.npz"
+    xpconv.save(_model(seed=1), target)
+    before = target.read_bytes()
+    with subprocess.Popen([sys.executable, "-c", textwrap.dedent(SLOW_SAVE), str(target)],
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as proc:
+        try:
+            assert proc.stdout.readline() == "writing\n"
+            assert len(list(tmp_path.iterdir())) == 2              # the temporary file exists mid-write
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(timeout=30)
+        finally:
+            proc.kill()
+        stderr = proc.stderr.read()
+    assert proc.returncode == -signal.SIGTERM, stderr  # ended as SIGTERM ends a process
+    assert [p.name for p in tmp_path.iterdir()] == ["m.npz"] and target.read_bytes() == before

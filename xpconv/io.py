@@ -11,11 +11,14 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
+import secrets
+import signal
+import threading
 import zipfile
 import zlib
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -27,7 +30,7 @@ if TYPE_CHECKING:
 
 StrPath = str | os.PathLike[str]
 
-__all__ = ["save", "load", "read_metadata", "read_npz", "FORMAT", "FORMAT_VERSION"]
+__all__ = ["save", "load", "read_metadata", "read_npz", "atomic_write", "FORMAT", "FORMAT_VERSION"]
 
 FORMAT, FORMAT_VERSION = "xpconv-model", 1
 _META_KEY = "__xpconv_meta__"
@@ -36,29 +39,143 @@ _META_KEY = "__xpconv_meta__"
 def read_npz(path: StrPath) -> dict[str, np.ndarray]:
     """Every array of the ``.npz`` file at ``path``, read fully into memory.
 
-    FileNotFoundError when missing; ValueError naming the file when it is not a
-    readable ``.npz`` archive (truncated, corrupt, or holding pickled objects).
+    FileNotFoundError when missing, IsADirectoryError for a directory, PermissionError when it cannot be
+    read; ValueError naming the file when it is not an ``.npz`` archive (a text, JSON or ``.npy`` file) or not
+    a readable one (truncated, corrupt, or holding pickled objects).
     """
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such file")
     try:
         # The file is opened here, not by np.load, which leaves its own handle open when the zip is invalid.
-        with open(path, "rb") as fh:
+        fh = open(path, "rb")  # noqa: SIM115 - closed by the with below; open errors get their own messages
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path}: no such file") from None
+    except IsADirectoryError:
+        raise IsADirectoryError(f"{path}: is a directory, not an .npz file") from None
+    except PermissionError:
+        raise PermissionError(f"{path}: permission denied (cannot read the file)") from None
+    with fh:
+        if fh.read(4)[:2] != b"PK":  # every zip archive, np.savez's included, starts with this signature
+            raise ValueError(f"{path}: not an .npz archive (no zip signature; a text, JSON or .npy file?)")
+        fh.seek(0)
+        try:
             f = np.load(fh, allow_pickle=False)
-            if not isinstance(f, np.lib.npyio.NpzFile):
-                raise ValueError("a single .npy array, not an .npz archive")
             with f:
                 return {key: f[key] for key in f.files}
-    except (zipfile.BadZipFile, EOFError, OSError, ValueError, zlib.error) as exc:
-        raise ValueError(f"{path}: not a readable .npz file, it may be truncated or corrupt ({exc})") from None
+        except (zipfile.BadZipFile, EOFError, OSError, ValueError, zlib.error, NotImplementedError,
+                RuntimeError) as exc:
+            raise ValueError(f"{path}: not a readable .npz file, it may be truncated or corrupt ({exc})") from None
+
+
+class _Terminated(BaseException):
+    """SIGTERM arrived while :func:`atomic_write` was writing (raised once, then the signal is re-sent)."""
+
+
+class _SigtermGuard:
+    """A SIGTERM handler: while armed, the first SIGTERM raises :class:`_Terminated`; later ones are remembered."""
+
+    def __init__(self) -> None:
+        self.armed, self.received = True, False
+
+    def __call__(self, signum: int, frame: object) -> None:
+        self.received = True
+        if self.armed:
+            self.armed = False
+            raise _Terminated
+
+
+def _open_new(path: Path) -> tuple[int, Path]:
+    """A new hidden file beside ``path``, with the mode ``open(path, "w")`` would give it."""
+    try:
+        mode = os.stat(path).st_mode & 0o7777          # overwriting keeps the target's permissions
+    except OSError:
+        mode = None
+    while True:
+        tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)  # & ~umask
+        except FileExistsError:
+            continue
+        except FileNotFoundError:
+            raise FileNotFoundError(f"{path}: directory {path.parent} does not exist") from None
+        except PermissionError:
+            raise PermissionError(f"{path}: permission denied (cannot create files in {path.parent})") from None
+        if mode is not None and hasattr(os, "fchmod"):
+            os.fchmod(fd, mode)
+        return fd, tmp
+
+
+def atomic_write(path: StrPath, data: bytes | Callable[[IO[bytes]], object]) -> Path:
+    """Write ``data`` to ``path`` atomically: a reader sees the old file or the new one, whole; returns the path.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        The file to write (replaced if it exists).
+    data : bytes or callable
+        The bytes, or a function that writes them to the binary file object it is given.
+
+    Returns
+    -------
+    pathlib.Path
+        ``path``.
+
+    Raises
+    ------
+    IsADirectoryError, FileNotFoundError, PermissionError
+        If ``path`` is a directory, its directory is missing, or the directory is not writable (the message
+        names ``path``, never the temporary file).
+
+    Notes
+    -----
+    The data go to a hidden ``.NAME.XXXXXXXX.tmp`` file beside ``path`` (flushed and fsynced), which is then
+    renamed over ``path``.  The new file gets the permissions ``open(path, "w")`` would give it: those of the
+    file it replaces, else ``0o666 & ~umask``.  On any exception (KeyboardInterrupt included) the temporary
+    file is removed and ``path`` is left as it was.  In the main thread, while SIGTERM has its default action,
+    a SIGTERM during the write also removes the temporary file first and then ends the process as SIGTERM
+    would; a handler a program installed itself is left alone.
+
+    Examples
+    --------
+    >>> import tempfile, pathlib
+    >>> from xpconv.io import atomic_write
+    >>> target = pathlib.Path(tempfile.mkdtemp()) / "hello.txt"
+    >>> atomic_write(target, b"hello").read_bytes()
+    b'hello'
+    >>> atomic_write(target, lambda f: f.write(b"bye")).read_bytes()
+    b'bye'
+    """
+    path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(f"{path}: is a directory")
+    fd, tmp = _open_new(path)
+    guard = _SigtermGuard()
+    previous = None
+    if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+        previous = signal.signal(signal.SIGTERM, guard)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            if callable(data):
+                data(f)
+            else:
+                f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        guard.armed = False                  # no bytecode above may check for signals before this line
+        tmp.unlink(missing_ok=True)          # gone already after a successful rename
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+            if guard.received:
+                signal.raise_signal(signal.SIGTERM)   # the default action, now that nothing is left behind
+    return path
 
 
 def save(model: Module, path: StrPath, metadata: dict[str, Any] | None = None) -> Path:
     """Write ``model.state_dict()`` and metadata to ``path`` (an ``.npz`` file); returns the path.
 
-    The file is written to a temporary name first and then renamed, so an
-    interrupted save never leaves a half-written file at ``path``.
+    The file is written with :func:`atomic_write`: an interrupted save leaves ``path`` as it was and no
+    temporary file behind, and a new file gets the permissions ``open(path, "w")`` would give it.
     ``metadata`` must be JSON-serializable.
     """
     path = Path(path)
@@ -69,16 +186,8 @@ def save(model: Module, path: StrPath, metadata: dict[str, Any] | None = None) -
     meta = {"format": FORMAT, "version": FORMAT_VERSION, "arch": getattr(model, "arch", None),
             "extra": metadata or {}}
     state[_META_KEY] = np.array(json.dumps(meta))
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            # numpy's stub types **kwds as if they could be savez's allow_pickle flag; reserved keys are refused above.
-            np.savez(f, **state)  # type: ignore[arg-type]
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
-    return path
+    # numpy's stub types **kwds as if they could be savez's allow_pickle flag; reserved keys are refused above.
+    return atomic_write(path, lambda f: np.savez(f, **state))  # type: ignore[arg-type]
 
 
 def _read(path: StrPath) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
@@ -88,13 +197,23 @@ def _read(path: StrPath) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
         raise ValueError(f"{path}: not an xpconv model file (no {_META_KEY!r} entry)")
     try:
         meta = json.loads(str(arrays.pop(_META_KEY)))
-    except json.JSONDecodeError as exc:
+    except (ValueError, RecursionError) as exc:      # JSONDecodeError is a ValueError
         raise ValueError(f"{path}: corrupt metadata ({exc})") from None
-    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+    if not isinstance(meta, dict):
+        raise ValueError(f"{path}: not an xpconv model file (its metadata is a JSON {type(meta).__name__}, "
+                         "not an object)")
+    if meta.get("format") != FORMAT:
         raise ValueError(f"{path}: not an xpconv model file (format {meta.get('format')!r})")
     if meta.get("version") != FORMAT_VERSION:
         raise ValueError(f"{path}: file format version {meta.get('version')!r}, this xpconv reads version "
                          f"{FORMAT_VERSION}")
+    if not isinstance(meta.get("extra"), dict):
+        raise ValueError(f"{path}: corrupt metadata ('extra' must be an object, got {meta.get('extra')!r})")
+    arch = meta.get("arch")
+    if arch is not None and not (isinstance(arch, dict) and isinstance(arch.get("name"), str)
+                                 and isinstance(arch.get("kwargs", {}), dict)):
+        raise ValueError(f"{path}: corrupt metadata ('arch' must be null or "
+                         f'{{"name": str, "kwargs": {{...}}}}, got {arch!r})')
     return arrays, meta
 
 
@@ -115,12 +234,18 @@ def load(path: StrPath, model: Module | None = None, *, backend: str | Backend |
     """
     state, meta = _read(path)
     if model is None:
+        from .backends import get_backend
         from .models import build_model
 
         if not meta.get("arch"):
             raise ValueError(f"{path}: the file records no architecture; build the model and pass it as "
                              "load(path, model)")
-        model = build_model(meta["arch"], backend=backend, device=device)
+        target = get_backend(backend, device)   # a bad backend/device is the caller's error, not the file's
+        try:
+            model = build_model(meta["arch"], backend=target)
+        except Exception as exc:                 # the record comes from the file: any failure is the file's
+            raise ValueError(f"{path}: the recorded architecture cannot be built "
+                             f"({type(exc).__name__}: {exc})") from None
     elif backend is not None or device is not None:
         raise ValueError("give either model= (loaded on its own backend) or backend=/device=, not both")
     try:

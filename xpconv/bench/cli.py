@@ -6,6 +6,7 @@ import os
 import sys
 from pathlib import Path
 
+from ..models import MODELS
 from ..validation import cli_type, non_negative_int, positive_int
 from .runners import BACKEND_CHOICES
 from .suite import MEMORY_SWEEP_LAYER, QUICK, SUITE
@@ -53,26 +54,42 @@ def register(subparsers) -> None:
     p.add_argument("--memory-plot", metavar="PATH",
                    help="where the memory-sweep chart goes (default: next to --plot, suffix -memory)")
     p.add_argument("--seed", type=int, default=0, help="random inputs' seed (default 0)")
+    p.add_argument("--model", choices=MODELS, default=None,
+                   help="instead of the layer suite, time a whole training step (forward, cross-entropy, backward, "
+                        "SGD momentum) of this model on random data, in images/s; torch-ref runs the same network "
+                        "in torch.nn with autograd")
+    p.add_argument("--batch-size", type=cli_type(positive_int), default=128,
+                   help="images per step with --model (default 128)")
+    p.add_argument("--steps", type=cli_type(positive_int), default=5,
+                   help="timed steps with --model, after --warmup untimed ones (median; default 5)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
     p.set_defaults(func=run)
 
 
+def _memory_plot_path(plot: str) -> str:
+    """The memory-sweep chart's default path: beside ``--plot``, suffix ``-memory``."""
+    return str(Path(plot).with_name(Path(plot).stem + "-memory.png"))
+
+
 def run(args) -> int:
     from .._ops import DEFAULT_MAX_WORKSPACE_BYTES
+    from ..cli.paths import check_outputs
     from . import report
     from .driver import make_runners, memory_sweep, run_suite, summarize
     from .environment import collect_environment, coretype_note, set_tf32, set_threads
     from .suite import select_layers
 
-    try:
-        layers = select_layers(args.layers)
-    except ValueError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    layers = select_layers(args.layers)   # a ValueError: one line and exit status 2 (xpconv.cli.errors)
+    memory_plot = args.memory_plot or (args.plot and args.memory_sweep and _memory_plot_path(args.plot))
+    check_outputs({"--json": args.json, "--plot": args.plot, "--memory-plot": memory_plot or None})
     if args.tf32:
         os.environ.setdefault("CUPY_TF32", "1")  # before CuPy is imported by a runner
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     threads = args.threads or cpus
+    if args.model:
+        from .model_step import run_model
+
+        return run_model(args, threads)
     cap = DEFAULT_MAX_WORKSPACE_BYTES if args.max_workspace_bytes is None else args.max_workspace_bytes
     runners, skipped = make_runners(args.backends, args.torch_device)
     if not runners:
@@ -123,7 +140,7 @@ def run(args) -> int:
             return 1
         print(f"wrote {args.plot}", file=sys.stderr)
     if sweep and (args.plot or args.memory_plot):
-        path = args.memory_plot or str(Path(args.plot).with_name(Path(args.plot).stem + "-memory.png"))
+        path = args.memory_plot or _memory_plot_path(args.plot)
         if not report.plot_memory(sweep, path, f"{MEMORY_SWEEP_LAYER}: {title}"):
             return 1
         print(f"wrote {path}", file=sys.stderr)

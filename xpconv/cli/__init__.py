@@ -10,6 +10,8 @@ import importlib
 import platform
 import sys
 
+from .errors import EXIT_BROKEN_PIPE, flush_stdout, guarded
+
 # Modules that each define ``register(subparsers)``, adding one or more subcommands.
 _COMMAND_MODULES: tuple[str, ...] = ("xpconv.cli.train", "xpconv.bench.cli")
 
@@ -56,6 +58,8 @@ def _print_cpu_blas() -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="xpconv", description="Convolutional layers with explicit backprop "
                                      "on NumPy, CuPy, PyTorch and array-api-strict.")
+    parser.add_argument("--debug", action="store_true",
+                        help="print the full traceback of an error, not just its one-line message")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     info = sub.add_parser("info", help="show installed backends, devices and versions")
     info.set_defaults(func=_info)
@@ -64,9 +68,25 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
+def _run(args) -> int:
+    from ..backends import get_default_backend
+
+    get_default_backend()   # a bad XPCONV_BACKEND stops every command here, with one line naming the variable
     return args.func(args)
+
+
+def main(argv=None) -> int:
+    """Run the ``xpconv`` command with ``argv`` (default: ``sys.argv[1:]``); returns the exit status.
+
+    How each kind of error ends (exit status, what goes to stderr) is in :mod:`xpconv.cli.errors`.
+    """
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit:                  # --help and usage errors: their output may meet a closed pipe too
+        if not flush_stdout():
+            return EXIT_BROKEN_PIPE
+        raise
+    return guarded(_run, args.command)(args)
 
 
 if __name__ == "__main__":  # pragma: no cover
