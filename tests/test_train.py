@@ -12,7 +12,7 @@ from test_data import _mnist_arrays, _write_idx_dir
 from xpconv.cli import main
 from xpconv.data import load_dataset
 from xpconv.models import build_model, small_cnn
-from xpconv.training import History, evaluate, fit, make_optimizer, plot_curves
+from xpconv.training import History, evaluate, fit, make_optimizer, make_scheduler, plot_curves
 
 _QUIET = dict(progress=False, log=lambda line: None)
 
@@ -25,8 +25,7 @@ def digits64():
 def _fit(backend, data, optimizer="sgd", epochs=1, batch_size=16, seed=0, lr=None):
     model = small_cnn(channels=(4, 8), backend=backend, seed=seed)
     opt = make_optimizer(optimizer, model.parameters(), lr)
-    history = fit(model, data, epochs=epochs, batch_size=batch_size, optimizer=opt, seed=seed,
-                  lr_schedule="constant", **_QUIET)
+    history = fit(model, data, epochs=epochs, batch_size=batch_size, optimizer=opt, seed=seed, **_QUIET)
     return model, history
 
 
@@ -34,7 +33,7 @@ def test_short_run_lowers_loss(backend, digits64):
     model = small_cnn(backend=backend, seed=1)
     before, _ = evaluate(model, digits64.x_train, digits64.y_train)
     fit(model, digits64, epochs=4, batch_size=16, optimizer=make_optimizer("adam", model.parameters(), 3e-3),
-        lr_schedule="constant", **_QUIET)
+        **_QUIET)
     after, _ = evaluate(model, digits64.x_train, digits64.y_train)
     assert after < 0.9 * before, (before, after)   # 16 steps: from about 2.3 (chance) to under 2.0
 
@@ -75,7 +74,9 @@ def test_fit_rejects_bad_arguments(digits64):
     with pytest.raises(ValueError, match="epochs"):
         fit(model, digits64, epochs=0, batch_size=8, optimizer=opt)
     with pytest.raises(ValueError, match="lr_schedule"):
-        fit(model, digits64, epochs=1, batch_size=8, optimizer=opt, lr_schedule="step")
+        make_scheduler("step", opt, 10)
+    with pytest.raises(ValueError, match="warm-up"):
+        make_scheduler("cosine", opt, 10, warmup_steps=10)
     with pytest.raises(ValueError, match="optimizer"):
         make_optimizer("rmsprop", model.parameters())
     with pytest.raises(ValueError, match="architecture"):

@@ -1,10 +1,14 @@
-"""Training and evaluation loops, and the curves they draw.
+"""Training and evaluation loops, the optimizers and schedules they are built with, and the curves they draw.
 
-One loop serves every backend: the model lives on a :class:`~xpconv.backends.Backend`,
-the :class:`~xpconv.data.DataLoader` copies each batch there, and the only values
-that come back to the host are the per-batch loss and the count of correct
-predictions (Python numbers).  The ``xpconv train`` command (:mod:`xpconv.cli.train`)
-is built on :func:`fit`.
+One loop serves every backend: the model lives on a :class:`~xpconv.backends.Backend`, the
+:class:`~xpconv.data.DataLoader` copies each batch there, and the only values that come back to the host are
+the per-batch loss and the count of correct predictions (Python numbers).
+
+A run can stop and continue: :func:`fit` reports its progress (epoch, batch, random-generator states, the
+metrics so far) to ``on_checkpoint`` after every epoch and when a :class:`~xpconv.interrupt.StopRequest` asks it
+to stop at a batch boundary, and ``resume=`` continues from such a record, so that a run stopped and resumed
+ends with the same weights and metrics, bit for bit, as one that never stopped.  The ``xpconv train`` command
+(:mod:`xpconv.cli.train`) is built on :func:`fit`.
 """
 from __future__ import annotations
 
@@ -13,21 +17,29 @@ import os
 import sys
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
+import numpy as np
 from array_api_compat import array_namespace
 
 from ._typing import Array
-from .data import DataLoader, Dataset
+from .data import Compose, DataLoader, Dataset
+from .interrupt import StopRequest
 from .nn import CrossEntropyLoss, Module, Parameter
 from .optim import SGD, Adam, Optimizer
-from .validation import positive_int
+from .optim.lr_scheduler import CosineAnnealingLR, LinearLR, LRScheduler, MultiStepLR, OneCycleLR, SequentialLR
+from .validation import non_negative_int, positive_int
 
-__all__ = ["DEFAULT_LR", "History", "make_optimizer", "evaluate", "fit", "plot_curves"]
+__all__ = ["DEFAULT_LR", "LR_SCHEDULES", "History", "TrainingDiverged", "make_optimizer", "make_scheduler",
+           "evaluate", "fit", "plot_curves"]
 
 DEFAULT_LR = {"adam": 3e-3, "sgd": 0.05}
-LR_SCHEDULES = ("cosine", "constant")
+LR_SCHEDULES = ("cosine", "constant", "multistep", "onecycle")
+
+
+class TrainingDiverged(ArithmeticError):
+    """The training loss became NaN or infinite; the message names the epoch and step."""
 
 
 @dataclass
@@ -35,7 +47,7 @@ class History:
     """What :func:`fit` measured: one value per epoch of each curve, and the seconds spent.
 
     ``seconds`` counts training only (batches, forward, backward, step); ``eval_seconds`` the test
-    evaluations after each epoch.
+    evaluations after each epoch.  ``stopped`` names the signal that stopped the run early, if one did.
     """
 
     train_loss: list[float] = field(default_factory=list)
@@ -44,6 +56,7 @@ class History:
     test_accuracy: list[float] = field(default_factory=list)
     seconds: float = 0.0
     eval_seconds: float = 0.0
+    stopped: str | None = None
 
     @property
     def epochs(self) -> int:
@@ -52,13 +65,58 @@ class History:
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    @classmethod
+    def from_dict(cls, record: dict[str, Any]) -> History:
+        """The History :meth:`as_dict` described; ValueError if ``record`` is not such a record."""
+        names = {f.name for f in fields(cls)}
+        if not isinstance(record, dict) or not set(record) <= names:
+            raise ValueError(f"not a training history record: {record!r:.200}")
+        return cls(**record)
 
-def make_optimizer(name: str, params: Iterable[Parameter], lr: float | None = None) -> Optimizer:
+
+def make_optimizer(name: str, params: Iterable[Parameter], lr: float | None = None,
+                   weight_decay: float = 0.0) -> Optimizer:
     """``"adam"`` (torch defaults otherwise) or ``"sgd"`` (momentum 0.9), with ``lr`` or the default for it."""
     if name not in DEFAULT_LR:
         raise ValueError(f"unknown optimizer {name!r}; choose 'adam' or 'sgd'")
     lr = DEFAULT_LR[name] if lr is None else lr
-    return Adam(params, lr=lr) if name == "adam" else SGD(params, lr=lr, momentum=0.9)
+    if name == "adam":
+        return Adam(params, lr=lr, weight_decay=weight_decay)
+    return SGD(params, lr=lr, momentum=0.9, weight_decay=weight_decay)
+
+
+def make_scheduler(name: str, optimizer: Optimizer, total_steps: int, warmup_steps: int = 0) -> LRScheduler | None:
+    """The learning-rate schedule ``name`` over ``total_steps`` optimizer steps, stepped once per batch.
+
+    ``"cosine"``: cosine annealing from the optimizer's lr to 0; ``"multistep"``: divided by 10 after 50 % and
+    75 % of the steps (He et al. 2016's CIFAR schedule); ``"onecycle"``: :class:`OneCycleLR` peaking at the
+    optimizer's lr; ``"constant"``: None (no scheduler).  ``warmup_steps`` > 0 prepends a linear warm-up from
+    a tenth of the lr (not with ``"onecycle"``, which warms up by itself).
+    """
+    if name not in LR_SCHEDULES:
+        raise ValueError(f"lr_schedule must be one of {', '.join(LR_SCHEDULES)}, got {name!r}")
+    total_steps = positive_int("total_steps", total_steps)
+    warmup_steps = non_negative_int("warmup_steps", warmup_steps)
+    if warmup_steps >= total_steps:
+        raise ValueError(f"the warm-up ({warmup_steps} steps) must be shorter than the run ({total_steps} steps)")
+    if name == "onecycle":
+        if warmup_steps:
+            raise ValueError("the onecycle schedule has its own warm-up; drop the warm-up")
+        return OneCycleLR(optimizer, max_lr=optimizer.lr, total_steps=total_steps)
+    if name == "constant" and not warmup_steps:
+        return None
+    steps = total_steps - warmup_steps
+    main: LRScheduler
+    if name == "cosine":
+        main = CosineAnnealingLR(optimizer, T_max=steps)
+    elif name == "multistep":
+        main = MultiStepLR(optimizer, milestones=[steps // 2, steps * 3 // 4], gamma=0.1)
+    else:
+        main = LinearLR(optimizer, start_factor=1.0, end_factor=1.0, total_iters=1)
+    if not warmup_steps:
+        return main
+    warmup = LinearLR(optimizer, start_factor=0.1, end_factor=1.0, total_iters=warmup_steps)
+    return SequentialLR(optimizer, [warmup, main], milestones=[warmup_steps])
 
 
 def _count_correct(logits: Array, labels: Array) -> int:
@@ -82,55 +140,159 @@ def evaluate(model: Module, x: Array, y: Array, batch_size: int = 500) -> tuple[
     return total_loss / n, correct / n
 
 
-def fit(model: Module, data: Dataset, *, epochs: int, batch_size: int, optimizer: Optimizer, seed: int = 0,
-        lr_schedule: str = "cosine", progress: bool | None = None, log: Callable[[str], object] = print) -> History:
-    """Train ``model`` on ``data`` and evaluate on its test split after every epoch; returns the :class:`History`.
+def _generators(model: Module) -> dict[str, np.random.Generator]:
+    """The NumPy random generators of ``model``'s layers (e.g. dropout masks), by the layer's dotted name."""
+    found = {name or "model": getattr(m, "rng", None) for name, m in model._named_modules()}
+    return {name: g for name, g in found.items() if isinstance(g, np.random.Generator)}
 
-    With ``lr_schedule="cosine"`` the learning rate of epoch ``e`` is
-    ``lr * (1 + cos(pi * e / epochs)) / 2`` (set once per epoch); ``"constant"`` keeps it.
-    ``progress`` shows a tqdm bar per epoch (None: only on a terminal); ``log`` gets one line per epoch.
+
+def _set_generator_states(model: Module, states: dict[str, Any]) -> None:
+    generators = _generators(model)
+    if set(states) != set(generators):
+        raise ValueError(f"the record's random generators {sorted(states)} do not match the model's "
+                         f"{sorted(generators)}")
+    for name, state in states.items():
+        generators[name].bit_generator.state = state
+
+
+def fit(model: Module, data: Dataset, *, epochs: int, batch_size: int, optimizer: Optimizer,
+        scheduler: LRScheduler | None = None, loss_fn: CrossEntropyLoss | None = None,
+        augment: Compose | None = None, seed: int = 0, progress: bool | None = None,
+        log: Callable[[str], object] = print, resume: dict[str, Any] | None = None,
+        on_checkpoint: Callable[[dict[str, Any]], object] | None = None,
+        stop: StopRequest | None = None) -> History:
+    """Train ``model`` on ``data``, evaluating on its test split after every epoch; returns the :class:`History`.
+
+    Parameters
+    ----------
+    model : Module
+        Trained in place, on its own backend.
+    data : Dataset
+        Host arrays; the training split is reshuffled every epoch from a generator seeded by ``seed``.
+    epochs, batch_size : int
+        Passes over the training split, and images per step (the last batch of an epoch may be smaller).
+    optimizer : Optimizer
+        Built on ``model.parameters()``.
+    scheduler : LRScheduler or None
+        Stepped after every optimizer step (see :func:`make_scheduler`).
+    loss_fn : CrossEntropyLoss or None
+        Default ``CrossEntropyLoss()``.
+    augment : callable or None
+        Applied to every training batch on the device (see :mod:`xpconv.data`).
+    seed : int
+        Seeds the order of the batches.
+    progress : bool or None
+        A tqdm bar per epoch on stderr (None: only on a terminal).
+    log : callable
+        Gets one line per epoch.
+    resume : dict or None
+        A progress record passed to ``on_checkpoint`` by an earlier call with the same arguments; the model,
+        optimizer and scheduler must hold the state saved with it.  Training continues at its batch.
+    on_checkpoint : callable or None
+        Called with a progress record (plain JSON values) after every epoch and when stopped early.
+    stop : StopRequest or None
+        Checked after every step and every evaluation: once it holds a signal, ``fit`` reports its progress
+        and returns, with ``History.stopped`` naming the signal.
+
+    Raises
+    ------
+    TrainingDiverged
+        If a training loss is NaN or infinite (the message names the epoch and step), or the test loss after
+        an epoch is; nothing is reported to ``on_checkpoint`` from the diverged weights.
+    ValueError
+        If ``epochs`` or ``batch_size`` is not a positive int, or ``resume`` does not fit this run.
     """
     from tqdm.auto import tqdm
 
     epochs = positive_int("epochs", epochs)
-    if lr_schedule not in LR_SCHEDULES:
-        raise ValueError(f"lr_schedule must be one of {', '.join(LR_SCHEDULES)}, got {lr_schedule!r}")
     loader = DataLoader(data.x_train, data.y_train, batch_size, shuffle=True, seed=[seed, 1],
-                        backend=model.backend, dtype=model.dtype_name)
-    loss_fn, base_lr = CrossEntropyLoss(), optimizer.lr
-    history = History()
+                        backend=model.backend, dtype=model.dtype_name, transform=augment)
+    loss_fn = CrossEntropyLoss() if loss_fn is None else loss_fn
+    history, start_epoch, start_batch, sums = History(), 0, 0, [0.0, 0, 0]
+    if resume is not None:
+        try:
+            history = History.from_dict(resume["history"])
+            start_epoch, start_batch = int(resume["epoch"]), int(resume["batch"])
+            sums = [float(resume["sums"][0]), int(resume["sums"][1]), int(resume["sums"][2])]
+            loader.load_state_dict(resume["loader"])
+            if augment is not None:
+                augment.load_state_dict(resume["augment"])
+            _set_generator_states(model, resume["generators"])
+        except (KeyError, TypeError, IndexError) as exc:
+            raise ValueError(f"the resume record is incomplete ({exc!r})") from None
+        if not 0 <= start_epoch <= epochs or not 0 <= start_batch <= len(loader):
+            raise ValueError(f"the resume record's position (epoch {start_epoch}, batch {start_batch}) does not fit "
+                             f"a run of {epochs} epochs of {len(loader)} batches")
+
+    def record(epoch: int, batch: int, start: tuple[dict[str, Any], dict[str, Any] | None]) -> dict[str, Any]:
+        return {"epoch": epoch, "batch": batch, "loader": start[0], "augment": start[1], "sums": list(sums),
+                "generators": {k: g.bit_generator.state for k, g in _generators(model).items()},
+                "history": history.as_dict()}
+
+    def here() -> tuple[dict[str, Any], dict[str, Any] | None]:
+        return loader.state_dict(), None if augment is None else augment.state_dict()
+
+    def stopped() -> bool:
+        return stop is not None and stop.signum is not None
+
     n = loader.x.shape[0]
     model.train()
-    for epoch in range(epochs):
-        if lr_schedule == "cosine":
-            optimizer.lr = base_lr * 0.5 * (1.0 + math.cos(math.pi * epoch / epochs))
-        total_loss, correct, seen = 0.0, 0, 0
-        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{epochs}", leave=False, unit="batch", file=sys.stderr,
-                   disable=None if progress is None else not progress)
+    for epoch in range(start_epoch, epochs):
+        epoch_start = here()                                 # before this epoch's order and crops are drawn
+        skip, start_batch = start_batch, 0
+        bar = tqdm(total=len(loader), initial=skip, desc=f"epoch {epoch + 1}/{epochs}", leave=False, unit="batch",
+                   file=sys.stderr, disable=None if progress is None else not progress)
         start = time.perf_counter()
-        for xb, yb in bar:
-            logits = model(xb)
-            loss = loss_fn(logits, yb)
-            optimizer.zero_grad()
-            model.backward(loss_fn.backward())
-            optimizer.step()
-            total_loss += loss * xb.shape[0]
-            correct += _count_correct(logits, yb)
-            seen += xb.shape[0]
-            bar.set_postfix(loss=f"{total_loss / seen:.4f}", acc=f"{correct / seen:.3f}", refresh=False)
+        for step, (xb, yb) in enumerate(loader):
+            if step < skip:                      # already trained before the run stopped: replayed, not trained
+                continue
+            # A diverging run overflows before its loss turns non-finite: the check below reports it, in one line.
+            with np.errstate(over="ignore", invalid="ignore"):
+                logits = model(xb)
+                loss = loss_fn(logits, yb)
+                if not math.isfinite(loss):
+                    bar.close()
+                    raise TrainingDiverged(f"the training loss became {loss} at epoch {epoch + 1}, step {step + 1} "
+                                           f"of {len(loader)}; lower the learning rate (now {optimizer.lr:.3g})")
+                optimizer.zero_grad()
+                model.backward(loss_fn.backward())
+                optimizer.step()
+            if scheduler is not None:
+                scheduler.step()
+            sums[0] += loss * xb.shape[0]
+            sums[1] += _count_correct(logits, yb)
+            sums[2] += xb.shape[0]
+            bar.update()
+            bar.set_postfix(loss=f"{sums[0] / sums[2]:.4f}", acc=f"{sums[1] / sums[2]:.3f}", refresh=False)
+            if stopped() and step + 1 < len(loader):
+                break
         model.backend.synchronize()                # the last step's GPU work counts in this epoch's time
         history.seconds += time.perf_counter() - start
         bar.close()
+        if stopped() and sums[2] < n:
+            if on_checkpoint is not None:
+                on_checkpoint(record(epoch, step + 1, epoch_start))
+            history.stopped = stop.name if stop is not None else None
+            return history
         start = time.perf_counter()
-        test_loss, test_acc = evaluate(model, data.x_test, data.y_test)
+        with np.errstate(over="ignore", invalid="ignore"):
+            test_loss, test_acc = evaluate(model, data.x_test, data.y_test)
+        if not math.isfinite(test_loss):
+            raise TrainingDiverged(f"the test loss became {test_loss} after epoch {epoch + 1}; lower the learning "
+                                   f"rate (now {optimizer.lr:.3g})")
         history.eval_seconds += time.perf_counter() - start
-        history.train_loss.append(total_loss / n)
-        history.train_accuracy.append(correct / n)
+        history.train_loss.append(sums[0] / n)
+        history.train_accuracy.append(sums[1] / n)
         history.test_loss.append(test_loss)
         history.test_accuracy.append(test_acc)
-        log(f"epoch {epoch + 1:>3}/{epochs}  lr {optimizer.lr:.2e}  train loss {total_loss / n:.4f}  "
-            f"train acc {correct / n:.2%}  test loss {test_loss:.4f}  test acc {test_acc:.2%}")
-    optimizer.lr = base_lr
+        log(f"epoch {epoch + 1:>3}/{epochs}  lr {optimizer.lr:.2e}  train loss {sums[0] / n:.4f}  "
+            f"train acc {sums[1] / n:.2%}  test loss {test_loss:.4f}  test acc {test_acc:.2%}")
+        sums = [0.0, 0, 0]
+        if on_checkpoint is not None:
+            on_checkpoint(record(epoch + 1, 0, here()))
+        if stopped():
+            history.stopped = stop.name if stop is not None else None
+            return history
     return history
 
 

@@ -1,69 +1,178 @@
-"""The ``xpconv train`` and ``xpconv evaluate`` commands: flags in, calls of :mod:`xpconv.training` out."""
+"""The ``xpconv train`` and ``xpconv evaluate`` commands: flags in, calls of :mod:`xpconv.training` out.
+
+A run's configuration is resolved once (flags, else the model's defaults; with ``--resume``, the checkpoint's
+record, which explicit flags may not contradict) and recorded in every checkpoint.
+"""
 from __future__ import annotations
 
+import argparse
 import json
+import math
+import sys
 import time
-from pathlib import Path
+from typing import Any
 
 from .. import __version__, io
 from ..backends import BACKEND_NAMES, get_backend
-from ..data import DATASETS, load_dataset
-from ..models import small_cnn
-from ..training import DEFAULT_LR, LR_SCHEDULES, evaluate, fit, make_optimizer, plot_curves
-from ..validation import cli_type, positive_int, positive_real
+from ..checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from ..data import DATASETS, augmentation, load_dataset
+from ..interrupt import StopRequest, exit_status
+from ..models import MODELS, build_model
+from ..nn import CrossEntropyLoss
+from ..training import (
+    DEFAULT_LR,
+    LR_SCHEDULES,
+    TrainingDiverged,
+    evaluate,
+    fit,
+    make_optimizer,
+    make_scheduler,
+    plot_curves,
+)
+from ..validation import check_real, cli_type, non_negative_int, positive_int, positive_real
 from .errors import guarded
+from .paths import check_outputs
 
-__all__ = ["register"]
+__all__ = ["register", "MODEL_DEFAULTS", "DIVERGED_STATUS"]
 
-DEFAULTS = dict(batch_size=32, optimizer="adam", seed=0)
-DEFAULT_EPOCHS = {"digits": 40, "mnist": 3}
+DIVERGED_STATUS = 3   # the exit status of a run whose loss became NaN or infinite
+
+# Per-model defaults of the training flags (docs/training.md explains each choice).
+_SMALL = dict(optimizer="adam", lr=None, batch_size=32, weight_decay=0.0, lr_schedule="cosine", warmup_epochs=0,
+              label_smoothing=0.0, augment=False)
+_RESNET = dict(optimizer="sgd", lr=0.1, batch_size=128, weight_decay=1e-4, lr_schedule="cosine", warmup_epochs=1,
+               label_smoothing=0.0, augment=True)
+MODEL_DEFAULTS: dict[str, dict[str, Any]] = {
+    "small_cnn": _SMALL, "lenet5": _SMALL | dict(batch_size=64),
+    "resnet20": _RESNET, "resnet32": _RESNET, "resnet56": _RESNET}
+DEFAULT_EPOCHS = {("small_cnn", "digits"): 40, ("small_cnn", "mnist"): 3, ("lenet5", "mnist5k"): 12,
+                  ("lenet5", "mnist"): 3}
+FALLBACK_EPOCHS = 30
+DEFAULT_DATASET = {"small_cnn": "digits", "lenet5": "mnist5k", "resnet20": "cifar10", "resnet32": "cifar10",
+                   "resnet56": "cifar10"}
+# The flags that make up a run (recorded in checkpoints); outputs and the backend may change on resume.
+_RUN_KEYS = ("model", "dataset", "data_dir", "limit", "epochs", "seed", *_SMALL)
 
 
-def _add_data_args(p, default_dataset):
-    p.add_argument("--backend", default="numpy", help=f"{', '.join(BACKEND_NAMES)} (default: numpy)")
-    p.add_argument("--device", default=None, help="GPU index for cupy/torch (default: 0)")
-    p.add_argument("--dataset", choices=DATASETS, default=default_dataset,
-                   help="digits (scikit-learn, 8x8) or mnist (files in --data-dir)")
-    p.add_argument("--data-dir", default=None, help="directory holding mnist.npz or the MNIST IDX files")
+def _resolve(args, recorded: dict[str, Any] | None) -> dict[str, Any]:
+    """The run's configuration: explicit flags, else the checkpoint's record, else the defaults."""
+    given = {k: getattr(args, k) for k in _RUN_KEYS if getattr(args, k) is not None}
+    if recorded is not None:
+        clash = {k: (v, recorded.get(k)) for k, v in given.items() if recorded.get(k) != v}
+        if clash:
+            listing = ", ".join(f"--{k.replace('_', '-')} {v!r} (checkpoint: {r!r})" for k, (v, r) in clash.items())
+            raise ValueError(f"a resumed run keeps its configuration; these flags differ from the checkpoint's: "
+                             f"{listing}")
+        return dict(recorded)
+    model = given.get("model", "small_cnn")
+    config = {"model": model, "dataset": DEFAULT_DATASET[model], "data_dir": None, "limit": None, "seed": 0}
+    config |= MODEL_DEFAULTS[model] | given
+    config.setdefault("epochs", DEFAULT_EPOCHS.get((model, config["dataset"]), FALLBACK_EPOCHS))
+    if config["lr"] is None:
+        config["lr"] = DEFAULT_LR[config["optimizer"]]
+    return config
+
+
+def _add_data_args(p, dataset_default: str) -> None:
+    p.add_argument("--backend", default=None,
+                   help=f"{', '.join(BACKEND_NAMES)} (default: $XPCONV_BACKEND, else numpy)")
+    p.add_argument("--device", default=None, help="device: GPU index for cupy/torch, device1 for array_api_strict")
+    p.add_argument("--dataset", choices=DATASETS, default=None, help=dataset_default)
+    p.add_argument("--data-dir", default=None,
+                   help="directory holding the data set's files (mnist: mnist.npz or IDX files; cifar10: the binary "
+                   "version or cifar10.npz); not for digits or mnist5k")
     p.add_argument("--limit", type=cli_type(positive_int), default=None,
                    help="use at most N training and N test images (quick runs)")
 
 
+def _metrics(config, history, backend, model, data) -> dict[str, Any]:
+    """What the run measured, as JSON values (a non-finite number becomes null: bare NaN is not JSON)."""
+    images = history.epochs * len(data.x_train)
+
+    def finite(v):
+        return [finite(x) for x in v] if isinstance(v, list) else (v if math.isfinite(v) else None)
+
+    return {
+        "test_accuracy": finite(history.test_accuracy[-1]), "test_loss": finite(history.test_loss[-1]),
+        "train_loss": finite(history.train_loss), "train_accuracy": finite(history.train_accuracy),
+        "test_accuracy_per_epoch": finite(history.test_accuracy), "test_loss_per_epoch": finite(history.test_loss),
+        "seconds": history.seconds, "eval_seconds": history.eval_seconds,
+        "images_per_second": images / history.seconds if history.seconds else None,
+        "backend": backend.name, "device": backend.device_name, "train_size": len(data.x_train),
+        "test_size": len(data.x_test), "arch": model.arch,
+        "xpconv_version": __version__,
+    } | config
+
+
 def _run_train(args) -> int:
+    resumed = load_checkpoint(args.resume) if args.resume else None
+    config = _resolve(args, resumed.config if resumed else None)
+    checkpoint_path = args.checkpoint or args.resume
+    outputs = {"--save": args.save, "--metrics-out": args.metrics_out, "--plot": args.plot,
+               "--checkpoint": None if checkpoint_path == args.resume else checkpoint_path}
+    check_outputs(outputs, inputs={"--resume": args.resume, "--data-dir": config["data_dir"]})
     backend = get_backend(args.backend, args.device)
-    epochs = args.epochs or DEFAULT_EPOCHS[args.dataset]
-    data = load_dataset(args.dataset, args.data_dir, seed=args.seed).subset(args.limit)
+    data = load_dataset(config["dataset"], config["data_dir"], seed=config["seed"]).subset(config["limit"])
     _, channels, size, _ = data.x_train.shape
-    model = small_cnn(channels, data.num_classes, size, backend=backend, seed=args.seed)
-    optimizer = make_optimizer(args.optimizer, model.parameters(), args.lr)
-    print(f"training small_cnn on {args.dataset} ({len(data.x_train)} train / {len(data.x_test)} test images) "
-          f"with {args.optimizer} lr {optimizer.lr:g}, batch {args.batch_size}, {epochs} epochs, "
-          f"backend {backend.name} on {backend.device_name}, seed {args.seed}")
-    history = fit(model, data, epochs=epochs, batch_size=args.batch_size, optimizer=optimizer, seed=args.seed,
-                  lr_schedule=args.lr_schedule, progress=None)
-    images = epochs * len(data.x_train)
-    metrics = {
-        "test_accuracy": history.test_accuracy[-1], "test_loss": history.test_loss[-1],
-        "train_loss": history.train_loss, "train_accuracy": history.train_accuracy,
-        "test_accuracy_per_epoch": history.test_accuracy, "test_loss_per_epoch": history.test_loss,
-        "epochs": epochs, "seconds": history.seconds, "eval_seconds": history.eval_seconds,
-        "images_per_second": images / history.seconds, "backend": backend.name, "device": backend.device_name,
-        "seed": args.seed, "dataset": args.dataset, "train_size": len(data.x_train), "test_size": len(data.x_test),
-        "batch_size": args.batch_size, "optimizer": args.optimizer, "lr": optimizer.lr,
-        "lr_schedule": args.lr_schedule, "model": model.arch, "xpconv_version": __version__,
-    }
-    print(f"test accuracy {metrics['test_accuracy']:.2%} | training {metrics['seconds']:.1f} s, "
-          f"{metrics['images_per_second']:,.0f} images/s (+{metrics['eval_seconds']:.1f} s evaluating) | "
-          f"backend {backend.name} on {metrics['device']}")
+    if resumed is not None:
+        if resumed.arch is None:
+            raise ValueError(f"{args.resume}: the checkpoint records no architecture")
+        model = build_model(resumed.arch, backend=backend)
+        model.load_state_dict(resumed.model)
+    else:
+        shape = {"image_size": size} if config["model"] == "small_cnn" else {}   # the others fix their input size
+        model = MODELS[config["model"]](in_channels=channels, num_classes=data.num_classes, backend=backend,
+                                        seed=config["seed"], **shape)
+    optimizer = make_optimizer(config["optimizer"], model.parameters(), config["lr"], config["weight_decay"])
+    steps_per_epoch = math.ceil(len(data.x_train) / config["batch_size"])
+    scheduler = make_scheduler(config["lr_schedule"], optimizer, config["epochs"] * steps_per_epoch,
+                               config["warmup_epochs"] * steps_per_epoch)
+    if resumed is not None:
+        optimizer.load_state_dict(resumed.optimizer)
+        if (scheduler is None) != (resumed.scheduler is None):
+            raise ValueError(f"{args.resume}: the checkpoint's learning-rate schedule does not fit its configuration")
+        if scheduler is not None and resumed.scheduler is not None:
+            scheduler.load_state_dict(resumed.scheduler)
+    augment = augmentation(config["dataset"], seed=config["seed"]) if config["augment"] else None
+
+    def write_checkpoint(progress: dict[str, Any]) -> None:
+        save_checkpoint(Checkpoint(model=model.state_dict(), optimizer=optimizer.state_dict(), progress=progress,
+                                   config=config, scheduler=None if scheduler is None else scheduler.state_dict(),
+                                   arch=model.arch), checkpoint_path)
+
+    where = f"backend {backend.name} on {backend.device_name}"
+    print(f"{'resuming' if resumed else 'training'} {config['model']} on {config['dataset']} "
+          f"({len(data.x_train)} train / {len(data.x_test)} test images) with {config['optimizer']} lr "
+          f"{config['lr']:g} ({config['lr_schedule']}), batch {config['batch_size']}, {config['epochs']} epochs, "
+          f"{where}, seed {config['seed']}")
+    try:
+        with StopRequest() as stop:
+            history = fit(model, data, epochs=config["epochs"], batch_size=config["batch_size"], optimizer=optimizer,
+                          scheduler=scheduler, loss_fn=CrossEntropyLoss(label_smoothing=config["label_smoothing"]),
+                          augment=augment, seed=config["seed"], progress=None,
+                          resume=resumed.progress if resumed else None,
+                          on_checkpoint=write_checkpoint if checkpoint_path else None, stop=stop)
+    except TrainingDiverged as exc:
+        print(f"xpconv train: error: {exc}; nothing was saved", file=sys.stderr)
+        return DIVERGED_STATUS
+    if history.stopped:
+        kept = (f"checkpoint written to {checkpoint_path}; continue with: xpconv train --resume {checkpoint_path}"
+                if checkpoint_path else "nothing was saved (no --checkpoint given)")
+        print(f"xpconv train: stopped by {history.stopped} after epoch {history.epochs} of {config['epochs']}: "
+              f"{kept}", file=sys.stderr)
+        return exit_status(stop.signum or 0)
+    metrics = _metrics(config, history, backend, model, data)
+    print(f"test accuracy {history.test_accuracy[-1]:.2%} | training {history.seconds:.1f} s, "
+          f"{metrics['images_per_second'] or 0:,.0f} images/s (+{history.eval_seconds:.1f} s evaluating) | {where}")
     if args.save:
-        io.save(model, args.save, metadata={k: metrics[k] for k in ("dataset", "seed", "test_accuracy")}
-                | {"data_dir": args.data_dir, "limit": args.limit})
+        io.save(model, args.save, metadata={k: config[k] for k in ("dataset", "seed", "data_dir", "limit")}
+                | {"test_accuracy": history.test_accuracy[-1]})
         print(f"model saved to {args.save}")
     if args.metrics_out:
-        Path(args.metrics_out).write_text(json.dumps(metrics, indent=2) + "\n")
+        io.atomic_write(args.metrics_out, (json.dumps(metrics, indent=2, allow_nan=False) + "\n").encode())
         print(f"metrics written to {args.metrics_out}")
     if args.plot:
-        plot_curves(history, args.plot, title=f"xpconv small_cnn on {args.dataset} ({backend.name}, "
+        plot_curves(history, args.plot, title=f"xpconv {config['model']} on {config['dataset']} ({backend.name}, "
                                               f"{backend.device_name})")
         print(f"curves drawn to {args.plot}")
     return 0
@@ -87,29 +196,47 @@ def _run_evaluate(args) -> int:
     return 0
 
 
+def _fraction(name: str):
+    return lambda value: check_real(name, value, 0.0, 1.0, high_open=True)
+
+
 def register(subparsers) -> None:
     """Add the ``train`` and ``evaluate`` subcommands."""
-    p = subparsers.add_parser("train", help="train the small CNN (digits on NumPy by default)",
-                              description="Train xpconv's small CNN and report test accuracy, time and images/s.")
-    _add_data_args(p, "digits")
+    p = subparsers.add_parser("train", help="train a CNN (small_cnn on digits on NumPy by default)",
+                              description="Train one of xpconv's models and report test accuracy, time and images/s. "
+                              "Defaults depend on the model (docs/training.md).")
+    p.add_argument("--model", choices=tuple(MODELS), default=None, help="default: small_cnn")
+    _add_data_args(p, "default: the model's (small_cnn: digits, lenet5: mnist5k, resnets: cifar10)")
     p.add_argument("--epochs", type=cli_type(positive_int), default=None,
-                   help=f"passes over the training set (default: {DEFAULT_EPOCHS['digits']} for digits, "
-                   f"{DEFAULT_EPOCHS['mnist']} for mnist)")
-    p.add_argument("--batch-size", type=cli_type(positive_int), default=DEFAULTS["batch_size"])
+                   help="passes over the training set (default: per model and data set)")
+    p.add_argument("--batch-size", type=cli_type(positive_int), default=None)
+    p.add_argument("--optimizer", choices=("adam", "sgd"), default=None)
     p.add_argument("--lr", type=cli_type(positive_real, float), default=None,
-                   help=f"peak learning rate (default: {DEFAULT_LR['adam']} for adam, {DEFAULT_LR['sgd']} for sgd)")
-    p.add_argument("--lr-schedule", choices=LR_SCHEDULES, default="cosine")
-    p.add_argument("--optimizer", choices=("adam", "sgd"), default=DEFAULTS["optimizer"])
-    p.add_argument("--seed", type=int, default=DEFAULTS["seed"], help="seeds the split, the init and the batches")
+                   help=f"peak learning rate (default: {DEFAULT_LR['adam']} for adam, {DEFAULT_LR['sgd']} for sgd, "
+                   "0.1 for the resnets)")
+    p.add_argument("--lr-schedule", choices=LR_SCHEDULES, default=None, help="stepped every batch (default: cosine)")
+    p.add_argument("--warmup-epochs", type=cli_type(non_negative_int), default=None,
+                   help="linear warm-up from lr/10 (default: 1 for the resnets, else 0)")
+    p.add_argument("--weight-decay", type=cli_type(_fraction("--weight-decay"), float), default=None)
+    p.add_argument("--label-smoothing", type=cli_type(_fraction("--label-smoothing"), float), default=None)
+    p.add_argument("--augment", action=argparse.BooleanOptionalAction, default=None,
+                   help="random crops and flips (default: on for the resnets)")
+    p.add_argument("--seed", type=cli_type(non_negative_int), default=None,
+                   help="seeds the split, the init and the batches (default: 0)")
     p.add_argument("--save", metavar="MODEL.npz", help="save the trained model here")
     p.add_argument("--metrics-out", metavar="METRICS.json", help="write metrics as JSON here")
     p.add_argument("--plot", metavar="CURVES.png", help="draw loss and accuracy curves here (needs matplotlib)")
+    p.add_argument("--checkpoint", metavar="CKPT.npz",
+                   help="write a checkpoint here after every epoch and when stopped (Ctrl-C, SIGTERM)")
+    p.add_argument("--resume", metavar="CKPT.npz",
+                   help="continue the run of this checkpoint (and keep checkpointing to it unless --checkpoint)")
     p.set_defaults(func=guarded(_run_train, "train"))
 
     e = subparsers.add_parser("evaluate", help="test accuracy of a saved model",
                               description="Report the test accuracy of a model saved by 'xpconv train --save'. "
                               "The data set, split seed and limit default to those recorded in the file.")
     e.add_argument("--model", required=True, metavar="MODEL.npz")
-    _add_data_args(e, None)
-    e.add_argument("--seed", type=int, default=None, help="split seed (default: the one used in training)")
+    _add_data_args(e, "default: the one recorded in the file")
+    e.add_argument("--seed", type=cli_type(non_negative_int), default=None,
+                   help="split seed (default: the one used in training)")
     e.set_defaults(func=guarded(_run_evaluate, "evaluate"))
