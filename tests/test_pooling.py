@@ -45,11 +45,17 @@ def _distinct(rng, shape):
 
 
 def _torch_reference(cls, x_np, kwargs, dy_np):
-    """(y, dL/dx) of torch's layer of the same name and arguments, float64."""
+    """(y, dL/dx) of torch's layer of the same name and arguments, float64; dL/dx is None where y has an infinity.
+
+    A dilated max window that holds only padding gives -inf, and torch 2.13's backward then writes its gradient
+    outside the input's memory (heap corruption, seen as an abort), so torch's backward is not called there.
+    """
     import torch
 
     xt = torch_leaf(x_np)
     yt = getattr(torch.nn, cls.__name__)(**kwargs)(xt)
+    if torch.isinf(yt).any():
+        return yt.detach().numpy(), None
     yt.backward(torch.from_numpy(np.asarray(dy_np, dtype=np.float64)))
     return yt.detach().numpy(), xt.grad.numpy()
 
@@ -108,9 +114,9 @@ def test_random_configurations_match_torch(rng, cfg):
     dy = rng.standard_normal(y.shape)
     y_ref, dx_ref = _torch_reference(cls, x_np, kwargs, dy)
     np.testing.assert_allclose(y, y_ref, rtol=1e-12, atol=1e-12)
-    if np.isinf(y_ref).any():
-        # A dilated window that holds only padding gives -inf in both; torch then sends its gradient to an input
-        # position outside the window, xpconv drops it.
+    if dx_ref is None:
+        # A dilated window that holds only padding gives -inf in both; xpconv sends no gradient from it.
+        assert np.all(np.isfinite(layer.backward(dy)))
         return
     np.testing.assert_allclose(layer.backward(dy), dx_ref, rtol=1e-12, atol=1e-12)
 
