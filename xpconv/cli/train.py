@@ -43,9 +43,9 @@ _SMALL = dict(optimizer="adam", lr=None, batch_size=32, weight_decay=0.0, lr_sch
 _RESNET = dict(optimizer="sgd", lr=0.1, batch_size=128, weight_decay=1e-4, lr_schedule="cosine", warmup_epochs=1,
                label_smoothing=0.0, augment=True)
 MODEL_DEFAULTS: dict[str, dict[str, Any]] = {
-    "small_cnn": _SMALL, "lenet5": _SMALL | dict(batch_size=64),
+    "small_cnn": _SMALL, "lenet5": _SMALL | dict(batch_size=64, augment=True),
     "resnet20": _RESNET, "resnet32": _RESNET, "resnet56": _RESNET}
-DEFAULT_EPOCHS = {("small_cnn", "digits"): 40, ("small_cnn", "mnist"): 3, ("lenet5", "mnist5k"): 12,
+DEFAULT_EPOCHS = {("small_cnn", "digits"): 40, ("small_cnn", "mnist"): 3, ("lenet5", "mnist5k"): 30,
                   ("lenet5", "mnist"): 3}
 FALLBACK_EPOCHS = 30
 DEFAULT_DATASET = {"small_cnn": "digits", "lenet5": "mnist5k", "resnet20": "cifar10", "resnet32": "cifar10",
