@@ -1,5 +1,6 @@
-"""Corrupted data files: a random truncation or byte corruption of an IDX file or of a CIFAR-10 binary batch
-either raises a ValueError that names the file, or loads exactly what the corrupted bytes encode.
+"""Corrupted files: a random truncation or byte corruption of an IDX file or of a CIFAR-10 binary batch
+either raises a ValueError that names the file, or loads exactly what the corrupted bytes encode; a model
+file's either raises that ValueError or loads what was saved (checkpoints: tests/test_checkpoint.py).
 
 The property, precisely: the readers accept a file if and only if an independent decoder written here
 (``struct`` for the IDX header, a loop over CIFAR records) says its bytes are a valid file of that kind, and
@@ -118,3 +119,40 @@ def test_corrupt_cifar_batch_file(seed, n, damage, label):
         images, labels = read_cifar10_bin(path)
     np.testing.assert_array_equal(images, expected[0].astype(np.float32) / np.float32(255.0))
     np.testing.assert_array_equal(labels, expected[1])
+
+
+def _load(read):
+    """(what ``read()`` returns, None), or (None, the message of the ValueError it raised); other errors propagate."""
+    try:
+        return read(), None
+    except ValueError as exc:
+        return None, str(exc)
+
+
+def _small_model():
+    from xpconv.models import small_cnn
+
+    return small_cnn(channels=(2, 3), image_size=8, num_classes=3, seed=0)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(damage=_damage())
+def test_corrupt_model_file(damage):
+    """A damaged model file is a ValueError naming it, or (the damage fell where the zip format does not look,
+    e.g. a timestamp) it loads the very arrays and metadata that were saved."""
+    import xpconv
+
+    model = _small_model()
+    with tempfile.TemporaryDirectory() as tmp:
+        good = xpconv.save(model, Path(tmp) / "good.npz", metadata={"note": "kept"})
+        path = Path(tmp) / "model.npz"
+        path.write_bytes(_apply(good.read_bytes(), damage))
+        loaded, error = _load(lambda: (xpconv.load(path), xpconv.io.read_metadata(path)))
+        if error is not None:
+            assert str(path) in error
+            return
+        loaded, meta = loaded
+    assert meta["extra"] == {"note": "kept"}
+    assert meta["arch"] == model.arch
+    for key, value in model.state_dict().items():
+        np.testing.assert_array_equal(loaded.state_dict()[key], value, strict=True)

@@ -186,6 +186,50 @@ def test_architecture_records_that_cannot_be_built_are_value_errors_naming_the_f
         xpconv.load(tmp_path / "bad.npz")
 
 
+@pytest.mark.parametrize("name, kwargs", [
+    ("small_cnn", {"channels": [100_000, 100_000]}),    # about 90 G values: 335 GiB in float32
+    ("resnet20", {"num_classes": 100_000}),
+    ("lenet5", {"in_channels": 100_000}),
+])
+def test_an_architecture_larger_than_the_stored_arrays_is_refused_before_it_is_allocated(tmp_path, name, kwargs):
+    """The record asks for far more values than the file stores: a ValueError naming the file, with the
+    memory used while trying bounded by the file's size, not by the record (measured with tracemalloc)."""
+    import tracemalloc
+
+    from xpconv.models import MODELS
+
+    path = xpconv.save(MODELS[name](), tmp_path / "m.npz")
+    arrays = dict(np.load(path))
+    stored = sum(a.nbytes for k, a in arrays.items() if k != "__xpconv_meta__")
+    meta = json.loads(str(arrays["__xpconv_meta__"]))
+    meta["arch"]["kwargs"].update(kwargs)
+    arrays["__xpconv_meta__"] = np.array(json.dumps(meta))
+    np.savez(tmp_path / "big.npz", **arrays)
+    tracemalloc.start()
+    try:
+        with pytest.raises(ValueError, match=r"big\.npz: the recorded architecture cannot be built .*parameter and "
+                                             r"buffer values allowed"):
+            xpconv.load(tmp_path / "big.npz")
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 4 * stored + 2**20          # the file read, its arrays, and a model no larger than them
+
+
+def test_a_budget_the_model_fits_changes_nothing():
+    from xpconv.models import build_model, resnet20
+
+    arch = resnet20().arch
+    plain = build_model(arch).state_dict()
+    exact = sum(v.size for v in plain.values())
+    budgeted = build_model(arch, max_elements=exact).state_dict()
+    assert budgeted.keys() == plain.keys()
+    for key, value in plain.items():
+        np.testing.assert_array_equal(budgeted[key], value)
+    with pytest.raises(ValueError, match=f"more than the {exact - 1:,} parameter"):
+        build_model(arch, max_elements=exact - 1)
+
+
 def test_an_unreadable_file_is_a_permission_error(tmp_path):
     path = xpconv.save(_model(seed=1), tmp_path / "m.npz")
     path.chmod(0)

@@ -83,6 +83,23 @@ def test_resume_continues_the_recorded_run_and_refuses_other_settings(tmp_path, 
         assert resumed[key] == done[key], key
 
 
+def test_resume_refuses_an_architecture_record_larger_than_the_checkpoint(tmp_path, capsys):
+    from dataclasses import replace
+
+    from xpconv.checkpoint import save_checkpoint
+
+    ckpt = tmp_path / "c.npz"
+    assert main(["train", *QUICK, "--epochs", "1", "--checkpoint", str(ckpt)]) == 0
+    saved = load_checkpoint(ckpt)
+    big = tmp_path / "big.npz"
+    arch = {**saved.arch, "kwargs": {**saved.arch["kwargs"], "channels": [100_000, 100_000]}}
+    save_checkpoint(replace(saved, arch=arch), big)
+    capsys.readouterr()
+    assert main(["train", "--resume", str(big)]) == 2
+    line = _one_line(capsys.readouterr().err)
+    assert str(big) in line and "does not fit its architecture record" in line and "values allowed" in line
+
+
 @pytest.mark.parametrize("flags,match", [
     (["--save", "{tmp}/no/such/dir/m.npz"], "--save"),
     (["--save", "{tmp}"], "--save"),

@@ -242,7 +242,7 @@ def load(path: StrPath, model: Module | None = None, *, backend: str | Backend |
                              "load(path, model)")
         target = get_backend(backend, device)   # a bad backend/device is the caller's error, not the file's
         try:
-            model = build_model(meta["arch"], backend=target)
+            model = build_model(meta["arch"], backend=target, max_elements=sum(a.size for a in state.values()))
         except Exception as exc:                 # the record comes from the file: any failure is the file's
             raise ValueError(f"{path}: the recorded architecture cannot be built "
                              f"({type(exc).__name__}: {exc})") from None

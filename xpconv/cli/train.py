@@ -117,8 +117,13 @@ def _run_train(args) -> int:
     if resumed is not None:
         if resumed.arch is None:
             raise ValueError(f"{args.resume}: the checkpoint records no architecture")
-        model = build_model(resumed.arch, backend=backend)
-        model.load_state_dict(resumed.model)
+        try:
+            model = build_model(resumed.arch, backend=backend,
+                                max_elements=sum(a.size for a in resumed.model.values()))
+            model.load_state_dict(resumed.model)
+        except ValueError as exc:
+            raise ValueError(f"{args.resume}: the checkpoint's model does not fit its architecture record "
+                             f"({exc})") from None
     else:
         shape = {"image_size": size} if config["model"] == "small_cnn" else {}   # the others fix their input size
         model = MODELS[config["model"]](in_channels=channels, num_classes=data.num_classes, backend=backend,

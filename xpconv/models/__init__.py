@@ -11,11 +11,13 @@ name               network                                                     i
 """
 from __future__ import annotations
 
+from contextlib import nullcontext
 from typing import Any
 
 from .. import nn
 from .._typing import Device
 from ..backends import Backend
+from ..nn.init import element_budget
 from .lenet import lenet5
 from .resnet import BasicBlock, Bottleneck, ZeroPadShortcut, cifar_resnet, resnet20, resnet32, resnet56
 from .small_cnn import small_cnn
@@ -27,7 +29,8 @@ MODELS = {"small_cnn": small_cnn, "lenet5": lenet5, "resnet20": resnet20, "resne
           "resnet56": resnet56, "cifar_resnet": cifar_resnet}
 
 
-def build_model(arch: dict[str, Any], *, backend: str | Backend | None = None, device: Device = None) -> nn.Module:
+def build_model(arch: dict[str, Any], *, backend: str | Backend | None = None, device: Device = None,
+                max_elements: int | None = None) -> nn.Module:
     """The model an ``arch`` record ``{"name": ..., "kwargs": {...}}`` describes, on ``backend``/``device``.
 
     Parameters
@@ -37,11 +40,15 @@ def build_model(arch: dict[str, Any], *, backend: str | Backend | None = None, d
         :func:`xpconv.save` writes to the file.
     backend, device
         Where to build the model.
+    max_elements : int, optional
+        The most parameter and buffer values the model may hold (a model file's count of stored values):
+        a record asking for more is refused before the layer that exceeds it allocates anything.
 
     Raises
     ------
     ValueError
-        If the name is unknown or the keyword arguments do not fit the builder.
+        If the name is unknown, the keyword arguments do not fit the builder, or the model would hold more
+        than ``max_elements`` values.
 
     Examples
     --------
@@ -52,6 +59,7 @@ def build_model(arch: dict[str, Any], *, backend: str | Backend | None = None, d
     if not isinstance(arch, dict) or arch.get("name") not in MODELS or not isinstance(arch.get("kwargs", {}), dict):
         raise ValueError(f"unknown architecture {arch!r}; known: {', '.join(MODELS)}")
     try:
-        return MODELS[arch["name"]](**arch.get("kwargs", {}), backend=backend, device=device)
+        with nullcontext() if max_elements is None else element_budget(max_elements):
+            return MODELS[arch["name"]](**arch.get("kwargs", {}), backend=backend, device=device)
     except TypeError as exc:
         raise ValueError(f"architecture record {arch!r} does not fit {arch['name']}: {exc}") from None

@@ -18,6 +18,7 @@ from .._docstrings import fill_doc
 from .._ops import namespace_of
 from .._typing import Array
 from ..validation import check_real, int_tuple, positive_int, positive_real
+from .init import claim_elements
 from .module import Module, Parameter
 
 __all__ = ["BatchNorm1d", "BatchNorm2d", "BatchNorm3d", "LayerNorm", "GroupNorm"]
@@ -52,6 +53,7 @@ class _Normalization(Module):
 
     def _make_affine(self, shape: tuple[int, ...], weight: bool, bias: bool) -> None:
         """``weight`` (ones) and ``bias`` (zeros) of ``shape``, each None when not wanted."""
+        claim_elements(self, *[shape] * (int(weight) + int(bias)))
         self.weight = Parameter(self.backend.asarray(np.ones(shape), dtype=self.dtype)) if weight else None
         self.bias = Parameter(self.backend.asarray(np.zeros(shape), dtype=self.dtype)) if bias else None
 
@@ -136,6 +138,8 @@ class _BatchNorm(_Normalization):
         self.affine, self.track_running_stats = bool(affine), bool(track_running_stats)
         self._make_affine((c,), self.affine, self.affine)
         track = self.track_running_stats
+        if track:
+            claim_elements(self, (c,), (c,), ())
         self.register_buffer("running_mean", self.backend.asarray(np.zeros(c), dtype=self.dtype) if track else None)
         self.register_buffer("running_var", self.backend.asarray(np.ones(c), dtype=self.dtype) if track else None)
         self.register_buffer("num_batches_tracked",
