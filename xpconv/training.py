@@ -98,7 +98,8 @@ def make_scheduler(name: str, optimizer: Optimizer, total_steps: int, warmup_ste
     total_steps = positive_int("total_steps", total_steps)
     warmup_steps = non_negative_int("warmup_steps", warmup_steps)
     if warmup_steps >= total_steps:
-        raise ValueError(f"the warm-up ({warmup_steps} steps) must be shorter than the run ({total_steps} steps)")
+        raise ValueError(f"the warm-up ({warmup_steps} steps) must be shorter than the run ({total_steps} steps): "
+                         "shorten the warm-up (--warmup-epochs) or train for longer")
     if name == "onecycle":
         if warmup_steps:
             raise ValueError("the onecycle schedule has its own warm-up; drop the warm-up")

@@ -201,8 +201,9 @@ def _run_evaluate(args) -> int:
     return 0
 
 
-def _fraction(name: str):
-    return lambda value: check_real(name, value, 0.0, 1.0, high_open=True)
+def _fraction(name: str, value: object) -> float:
+    """A float in [0, 1)."""
+    return check_real(name, value, 0.0, 1.0, high_open=True)
 
 
 def register(subparsers) -> None:
@@ -222,8 +223,8 @@ def register(subparsers) -> None:
     p.add_argument("--lr-schedule", choices=LR_SCHEDULES, default=None, help="stepped every batch (default: cosine)")
     p.add_argument("--warmup-epochs", type=cli_type(non_negative_int), default=None,
                    help="linear warm-up from lr/10 (default: 1 for the resnets, else 0)")
-    p.add_argument("--weight-decay", type=cli_type(_fraction("--weight-decay"), float), default=None)
-    p.add_argument("--label-smoothing", type=cli_type(_fraction("--label-smoothing"), float), default=None)
+    p.add_argument("--weight-decay", type=cli_type(_fraction, float), default=None)
+    p.add_argument("--label-smoothing", type=cli_type(_fraction, float), default=None)
     p.add_argument("--augment", action=argparse.BooleanOptionalAction, default=None,
                    help="random crops and flips (default: on for the resnets)")
     p.add_argument("--seed", type=cli_type(non_negative_int), default=None,
