@@ -66,3 +66,9 @@ def rng():
 def as_numpy(a) -> np.ndarray:
     """Host float64 copy of an array from any backend, for comparisons."""
     return np.asarray(to_numpy(a), dtype=np.float64)
+
+
+@pytest.fixture(params=[False, True], ids=["per-sample", "batch-inner"])
+def batch_inner(request):
+    """The engine's two GEMM policies: one GEMM per sample (the CPU's), the batch inside one GEMM (a GPU's)."""
+    return request.param

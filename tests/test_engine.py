@@ -74,25 +74,35 @@ def test_conv_output_size_matches_pytorch_formula_examples(size, kernel, stride,
     assert conv_output_size(size, kernel, stride, padding, dilation) == expected
 
 
+def _batch_inner(cols, nd):
+    """(N, C, *kernel, *out) -> (C, *kernel, N, *out): the batch moved in front of the output axes."""
+    return np.moveaxis(cols, 0, 1 + nd)
+
+
+@pytest.mark.parametrize("batch_inner", [False, True], ids=["batch-outer", "batch-inner"])
 @pytest.mark.parametrize("name", CASES)
-def test_im2col_matches_explicit_loops(backend, rng, name):
+def test_im2col_matches_explicit_loops(backend, rng, name, batch_inner):
     shape = CASES[name][0]
     geom = _geometry(CASES[name])
     x = rng.standard_normal(shape)
-    cols = im2col(backend.asarray(x, dtype="float64"), geom)
-    np.testing.assert_array_equal(as_numpy(cols), _im2col_loops(x, geom))
+    cols = im2col(backend.asarray(x, dtype="float64"), geom, batch_inner=batch_inner)
+    expected = _im2col_loops(x, geom)
+    np.testing.assert_array_equal(as_numpy(cols), _batch_inner(expected, geom.nd) if batch_inner else expected)
 
 
+@pytest.mark.parametrize("batch_inner", [False, True], ids=["batch-outer", "batch-inner"])
 @pytest.mark.parametrize("name", CASES)
-def test_col2im_is_the_adjoint_of_im2col(backend, rng, name):
+def test_col2im_is_the_adjoint_of_im2col(backend, rng, name, batch_inner):
     """<im2col(x), c> == <x, col2im(c)> for random x and c: col2im adds every copy back."""
     shape = CASES[name][0]
     geom = _geometry(CASES[name])
     x = rng.standard_normal(shape)
     c = rng.standard_normal((shape[0], shape[1], *geom.kernel, *geom.output_shape(shape[2:])))
+    if batch_inner:
+        c = np.ascontiguousarray(_batch_inner(c, geom.nd))
     xb, cb = backend.asarray(x, dtype="float64"), backend.asarray(c, dtype="float64")
-    lhs = np.sum(as_numpy(im2col(xb, geom)) * c)
-    folded = col2im(cb, geom, shape[2:])
+    lhs = np.sum(as_numpy(im2col(xb, geom, batch_inner=batch_inner)) * c)
+    folded = col2im(cb, geom, shape[2:], batch_inner=batch_inner)
     assert tuple(folded.shape) == shape
     np.testing.assert_allclose(lhs, np.sum(x * as_numpy(folded)), rtol=1e-12)
 
@@ -130,27 +140,35 @@ def test_wide_layout_limits_the_extra_columns(spatial, kernel, padding, expected
     assert isinstance(column_layout(geom, spatial), WideLayout) == expected
 
 
-def _wide_case(name, rng):
+def _wide_case(name, rng, batch_inner):
     """(x shape, geometry, its wide layout, a random float64 x) for one of WIDE_CASES."""
     shape = CASES[name][0]
     geom = _geometry(CASES[name])
-    return shape, geom, column_layout(geom, shape[2:]), rng.standard_normal(shape)
+    return shape, geom, column_layout(geom, shape[2:], batch_inner), rng.standard_normal(shape)
 
 
 @pytest.mark.parametrize("name", sorted(WIDE_CASES))
-def test_wide_im2col_matches_explicit_loops_on_the_output_grid(backend, rng, name):
+def test_wide_im2col_matches_explicit_loops_on_the_output_grid(backend, rng, name, batch_inner):
     """Wide columns hold the exact columns at the output positions of their grid (the rest is dropped)."""
-    shape, geom, lay, x = _wide_case(name, rng)
+    shape, geom, lay, x = _wide_case(name, rng, batch_inner)
     cols = as_numpy(wide_im2col(backend.asarray(x, dtype="float64"), lay))
-    assert cols.shape == (*shape[:2], len(lay.offsets), lay.length)
-    on_grid = cols.reshape(*shape[:2], *geom.kernel, *lay.grid)[(..., *(slice(0, o) for o in lay.out))]
-    np.testing.assert_array_equal(on_grid, _im2col_loops(x, geom))
+    n, c = shape[:2]
+    if batch_inner:
+        assert cols.shape == (c, len(lay.offsets), n, lay.length)
+        on_grid = cols.reshape(c, *geom.kernel, n, *lay.grid)[(..., *(slice(0, o) for o in lay.out))]
+        np.testing.assert_array_equal(on_grid, _batch_inner(_im2col_loops(x, geom), geom.nd))
+    else:
+        assert cols.shape == (n, c, len(lay.offsets), lay.length)
+        on_grid = cols.reshape(n, c, *geom.kernel, *lay.grid)[(..., *(slice(0, o) for o in lay.out))]
+        np.testing.assert_array_equal(on_grid, _im2col_loops(x, geom))
 
 
 @pytest.mark.parametrize("name", sorted(WIDE_CASES))
-def test_wide_col2im_is_the_adjoint_of_wide_im2col(backend, rng, name):
-    shape, _, lay, x = _wide_case(name, rng)
-    c = rng.standard_normal((*shape[:2], len(lay.offsets), lay.length))
+def test_wide_col2im_is_the_adjoint_of_wide_im2col(backend, rng, name, batch_inner):
+    shape, _, lay, x = _wide_case(name, rng, batch_inner)
+    n, c_in = shape[:2]
+    c = rng.standard_normal((c_in, len(lay.offsets), n, lay.length) if batch_inner
+                            else (n, c_in, len(lay.offsets), lay.length))
     xb, cb = backend.asarray(x, dtype="float64"), backend.asarray(c, dtype="float64")
     lhs = np.sum(as_numpy(wide_im2col(xb, lay)) * c)
     folded = wide_col2im(cb, lay)
@@ -160,7 +178,7 @@ def test_wide_col2im_is_the_adjoint_of_wide_im2col(backend, rng, name):
 
 @pytest.mark.parametrize("keep_cols", [False, True])
 @pytest.mark.parametrize("name", CASES)
-def test_forward_and_backward_match_the_loop_reference(backend, rng, name, keep_cols, layout):
+def test_forward_and_backward_match_the_loop_reference(backend, rng, name, keep_cols, layout, batch_inner):
     shape, kernel, stride, padding, dilation, groups = CASES[name]
     geom = _geometry(CASES[name])
     o = 2 * groups
@@ -169,15 +187,15 @@ def test_forward_and_backward_match_the_loop_reference(backend, rng, name, keep_
     b = rng.standard_normal(o)
     dy = rng.standard_normal((shape[0], o, *geom.output_shape(shape[2:])))
     xb, wb, bb, dyb = (backend.asarray(a, dtype="float64") for a in (x, w, b, dy))
-    y, cols = conv_forward(xb, wb, bb, geom, keep_cols=keep_cols)
+    y, cols = conv_forward(xb, wb, bb, geom, keep_cols=keep_cols, batch_inner=batch_inner)
     assert (cols is not None) == keep_cols
     np.testing.assert_allclose(as_numpy(y), conv_reference(x, w, b, stride, padding, dilation, groups),
                                rtol=1e-10, atol=1e-12)
-    dx, dw = conv_backward(dyb, xb, wb, geom, cols=cols)
+    dx, dw = conv_backward(dyb, xb, wb, geom, cols=cols, batch_inner=batch_inner)
     dx_ref, dw_ref, _ = conv_backward_reference(dy, x, w, stride, padding, dilation, groups)
     np.testing.assert_allclose(as_numpy(dx), dx_ref, rtol=1e-10, atol=1e-12)
     np.testing.assert_allclose(as_numpy(dw), dw_ref, rtol=1e-10, atol=1e-12)
-    none, dw2 = conv_backward(dyb, xb, wb, geom, cols=cols, need_input_grad=False)
+    none, dw2 = conv_backward(dyb, xb, wb, geom, cols=cols, need_input_grad=False, batch_inner=batch_inner)
     assert none is None
     np.testing.assert_array_equal(as_numpy(dw2), as_numpy(dw))
 
@@ -196,7 +214,7 @@ def _blas_compatible(a: np.ndarray) -> bool:
 
 @pytest.mark.parametrize("per_group", [1, 2])
 @pytest.mark.parametrize("name", CASES)
-def test_every_numpy_matmul_operand_can_go_to_blas(rng, monkeypatch, name, per_group, layout):
+def test_every_numpy_matmul_operand_can_go_to_blas(rng, monkeypatch, name, per_group, layout, batch_inner):
     """NumPy runs matmul on an operand BLAS cannot take (e.g. a flipped view) in its own loop, 5x slower
     on the depthwise layer: every product of forward, backward and the transposed convolution gets
     BLAS-ready operands (per_group=1 is depthwise-like: one output channel per group)."""
@@ -215,8 +233,9 @@ def test_every_numpy_matmul_operand_can_go_to_blas(rng, monkeypatch, name, per_g
     x = rng.standard_normal(shape).astype(np.float32)
     w = rng.standard_normal((o, shape[1] // groups, *kernel)).astype(np.float32)
     dy = rng.standard_normal((shape[0], o, *geom.output_shape(shape[2:]))).astype(np.float32)
-    conv_backward(dy, x, w, geom, cols=conv_forward(x, w, None, geom, keep_cols=True)[1])
-    conv_backward_data(dy, w, geom, shape[2:], max_workspace_bytes=2**15)      # row bands
+    cols = conv_forward(x, w, None, geom, keep_cols=True, batch_inner=batch_inner)[1]
+    conv_backward(dy, x, w, geom, cols=cols, batch_inner=batch_inner)
+    conv_backward_data(dy, w, geom, shape[2:], max_workspace_bytes=2**15, batch_inner=batch_inner)   # row bands
     assert seen
     assert [(a.shape, a.strides) for a in seen if not _blas_compatible(a)] == []
 
@@ -291,3 +310,27 @@ def test_pointwise_im2col_is_a_view_of_the_input():
     x = np.arange(2 * 3 * 4 * 4, dtype=np.float32).reshape(2, 3, 4, 4)
     cols = im2col(x, ConvGeometry((1, 1), (1, 1), ((0, 0), (0, 0)), (1, 1)))
     assert np.shares_memory(cols, x)
+
+
+@pytest.mark.parametrize("layer", ["conv2d", "conv_transpose2d", "conv1d-grouped"])
+def test_layers_give_the_same_results_under_either_gemm_policy(backend, rng, monkeypatch, layer):
+    """The backend's GEMM policy (per sample on the CPU, batch inside on a GPU) changes no result beyond
+    float64 rounding, through the layers as a user calls them."""
+    from xpconv import nn
+    from xpconv.backends import Backend
+
+    make = {"conv2d": lambda: nn.Conv2d(4, 6, 3, padding=1, stride=(1, 2), backend=backend, dtype="float64", seed=0),
+            "conv_transpose2d": lambda: nn.ConvTranspose2d(4, 6, 3, stride=2, output_padding=1, backend=backend,
+                                                           dtype="float64", seed=0),
+            "conv1d-grouped": lambda: nn.Conv1d(4, 6, 5, padding=2, groups=2, backend=backend, dtype="float64",
+                                                  seed=0)}[layer]
+    x = backend.asarray(rng.standard_normal((3, 4, 7, 6)[:3 if layer == "conv1d-grouped" else 4]), dtype="float64")
+    results = []
+    for policy in (False, True):
+        monkeypatch.setattr(Backend, "batch_inner_gemm", property(lambda self, p=policy: p))
+        conv = make()
+        y = conv(x)
+        dx = conv.backward(backend.asarray(np.ones(tuple(y.shape)), dtype="float64"))
+        results.append([as_numpy(a) for a in (y, dx, conv.weight.grad, conv.bias.grad)])
+    for per_sample, inner in zip(*results, strict=True):
+        np.testing.assert_allclose(inner, per_sample, rtol=1e-12, atol=1e-12)

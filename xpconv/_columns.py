@@ -3,12 +3,23 @@
 Pure Array API, like the engine that uses them (:mod:`xpconv._engine`).  Shapes (``K = prod(kernel)``):
     x       (N, C, *spatial)
     cols    (N, C, *kernel, *out)   :func:`im2col`: any stride; padding copied in once
+            (C, *kernel, N, *out)   the same with ``batch_inner``: the batch inside the GEMM's columns
     wide    (N, C, K, length)       :func:`wide_im2col`: stride 1, one contiguous slice per kernel tap
+            (C, K, N, length)       the same with the layout's ``batch_inner``
 
 A layout (:class:`ExactLayout` or :class:`WideLayout`, chosen by :func:`column_layout`) is everything the
 engine needs to know about its columns: ``length`` GEMM columns per sample over a ``grid`` that holds the
 output ``out`` (the wide grid holds extra columns, computed and dropped), how to build the columns of x
-(``columns``), fold their gradient back (``fold``), and what each allocates per sample.
+(``columns``) and view them as the GEMM's operand (``gemm_operand``), fold their gradient back (``fold``),
+and what each allocates per sample.
+
+The GEMM takes the batch one of two ways (``batch_inner``, the backend's policy):
+    per sample   cols (m, G, Cg*K, L): W · cols broadcasts over the samples, a small GEMM each; y comes out
+                 in place, dL/dW sums the per-sample products
+    batch inner  cols (G, Cg*K, m*L): one GEMM for the whole chunk (one kernel launch on a GPU); y and dY
+                 pass through one transposing copy each
+On the CPU with one BLAS thread the per-sample GEMMs measured faster (the copies cost more than the calls
+save, docs/benchmarks.md).
 """
 from __future__ import annotations
 
@@ -40,6 +51,7 @@ class _Layout:
     spatial: tuple[int, ...]
     grid: tuple[int, ...]     # the positions the GEMM computes; ``out`` is its leading corner
     out: tuple[int, ...]
+    batch_inner: bool         # the batch inside the GEMM's columns, else one GEMM per sample
 
     @property
     def length(self) -> int:
@@ -55,23 +67,52 @@ class _Layout:
     def taps(self) -> int:
         return math.prod(self.geom.kernel)
 
+    def gemm_operand(self, cols, groups: int):
+        """Columns (C, K, m, length) -> (G, Cg*K, m*length), or per sample (m, C, K, length) -> (m, G, Cg*K, length)."""
+        xp = array_namespace(cols)
+        if self.batch_inner:
+            c, k, m, length = cols.shape
+            return xp.reshape(cols, (groups, c // groups * k, m * length))
+        m, c, k, length = cols.shape
+        return xp.reshape(cols, (m, groups, c // groups * k, length))
+
+    def column_blocks(self, dcols):
+        """The inverse of :meth:`gemm_operand`: (C, K, m, length), or per sample (m, C, K, length)."""
+        xp = array_namespace(dcols)
+        if self.batch_inner:
+            g, cgk, ml = dcols.shape
+            return xp.reshape(dcols, (g * cgk // self.taps, self.taps, ml // self.length, self.length))
+        m, g, cgk, length = dcols.shape
+        return xp.reshape(dcols, (m, g * cgk // self.taps, self.taps, length))
+
     def outputs(self, yc):
-        """GEMM result (m, G, O/G, length) -> y (m, O, *out), dropping the extra columns."""
+        """GEMM result (G, O/G, m*length), or (m, G, O/G, length), -> y (m, O, *out) without the extra columns;
+        a view."""
         xp = array_namespace(yc)
-        m, o = yc.shape[0], yc.shape[1] * yc.shape[2]
-        if not self.has_extra_columns:
-            return xp.reshape(yc, (m, o, *self.out))
-        return xp.reshape(yc, (m, o, *self.grid))[(*_ALL2, *self._crop)]
+        if self.batch_inner:
+            y = _swap01(xp, xp.reshape(yc, (yc.shape[0] * yc.shape[1], yc.shape[2] // self.length, *self.grid)))
+        else:
+            y = xp.reshape(yc, (yc.shape[0], yc.shape[1] * yc.shape[2], *self.grid))
+        return y[(*_ALL2, *self._crop)] if self.has_extra_columns else y
 
     def output_columns(self, dy, groups: int):
-        """The adjoint of :meth:`outputs`: dY (m, O, *out) -> (m, G, O/G, length), zero on the extra columns."""
+        """The adjoint of :meth:`outputs`: dY (m, O, *out) -> (G, O/G, m*length), or (m, G, O/G, length), zero
+        on the extra columns."""
         xp = array_namespace(dy)
         m, o = dy.shape[:2]
+        if self.batch_inner:
+            dy = _swap01(xp, dy)                                            # (O, m, *out), a view
         if self.has_extra_columns:
-            wide = xp.zeros((m, o, *self.grid), dtype=dy.dtype, device=device(dy))
+            wide = xp.zeros((*dy.shape[:2], *self.grid), dtype=dy.dtype, device=device(dy))
             wide[(*_ALL2, *self._crop)] = dy
             dy = wide
+        if self.batch_inner:
+            return xp.reshape(dy, (groups, o // groups, m * self.length))  # copies where dy is a strided view
         return xp.reshape(dy, (m, groups, o // groups, self.length))
+
+    def output_copy_elements(self, channels: int) -> int:
+        """Elements per sample of :meth:`output_columns`'s copy of dY (none where it is a view)."""
+        return channels * self.length if self.has_extra_columns or self.batch_inner else 0
 
     @property
     def _crop(self) -> tuple[slice, ...]:
@@ -93,23 +134,32 @@ class ExactLayout(_Layout):
     """im2col's columns: one per output position, for any stride."""
 
     def columns(self, x):
-        """x (m, C, *spatial) -> (m, C, K, length)."""
-        return array_namespace(x).reshape(im2col(x, self.geom), (*x.shape[:2], self.taps, self.length))
+        """x (m, C, *spatial) -> (C, K, m, length), or per sample (m, C, K, length)."""
+        m, c = x.shape[:2]
+        blocks = (c, self.taps, m, self.length) if self.batch_inner else (m, c, self.taps, self.length)
+        return array_namespace(x).reshape(im2col(x, self.geom, batch_inner=self.batch_inner), blocks)
 
     def columns_elements(self, channels: int) -> int:
-        """Elements :meth:`columns` allocates per sample."""
+        """Elements :meth:`columns` allocates per sample (a pointwise convolution's x, moved inside the batch)."""
+        if self.geom.is_pointwise and self.batch_inner:
+            return channels * self.length
         return self.geom.im2col_elements(channels, self.spatial)
 
     def fold(self, dcols):
-        """dcols (m, C, K, length) -> dL/dx (m, C, *spatial)."""
-        return col2im(self._unflat(dcols), self.geom, self.spatial)
+        """dcols (C, K, m, length), or (m, C, K, length), -> dL/dx (m, C, *spatial)."""
+        return col2im(self._unflat(dcols), self.geom, self.spatial, batch_inner=self.batch_inner)
 
     def fold_into(self, x, batch: slice, row: int, dcols) -> None:
-        """Add the fold of dcols (m, C, K, length) into ``x[batch, :, row:row + spatial[0], ...]``."""
-        col2im_into(x, batch, row, self._unflat(dcols), self.geom, self.spatial)
+        """Add the fold of dcols (C, K, m, length), or (m, C, K, length), into ``x[batch, :, row:row + spatial[0]]``."""
+        col2im_into(x, batch, row, self._unflat(dcols), self.geom, self.spatial, batch_inner=self.batch_inner)
 
     def _unflat(self, dcols):
-        return array_namespace(dcols).reshape(dcols, (*dcols.shape[:2], *self.geom.kernel, *self.out))
+        """(C, K, m, length) -> (C, *kernel, m, *out), or (m, C, K, length) -> (m, C, *kernel, *out)."""
+        if self.batch_inner:
+            shape = (dcols.shape[0], *self.geom.kernel, dcols.shape[2], *self.out)
+        else:
+            shape = (*dcols.shape[:2], *self.geom.kernel, *self.out)
+        return array_namespace(dcols).reshape(dcols, shape)
 
 
 @dataclass(frozen=True)
@@ -128,7 +178,7 @@ class WideLayout(_Layout):
     offsets: tuple[int, ...]   # per kernel tap, in the weight's (*kernel) order
 
     def columns(self, x):
-        """x (m, C, *spatial) -> (m, C, K, length)."""
+        """x (m, C, *spatial) -> (C, K, m, length), or per sample (m, C, K, length)."""
         return wide_im2col(x, self)
 
     def columns_elements(self, channels: int) -> int:
@@ -136,7 +186,7 @@ class WideLayout(_Layout):
         return channels * (self.taps * self.length + math.prod(self.padded))
 
     def fold(self, dcols):
-        """dcols (m, C, K, length) -> dL/dx (m, C, *spatial)."""
+        """dcols (C, K, m, length), or (m, C, K, length), -> dL/dx (m, C, *spatial)."""
         return wide_col2im(dcols, self)
 
     @property
@@ -144,16 +194,16 @@ class WideLayout(_Layout):
         return self.padded
 
 
-def column_layout(geom: ConvGeometry, spatial) -> ExactLayout | WideLayout:
+def column_layout(geom: ConvGeometry, spatial, batch_inner: bool = False) -> ExactLayout | WideLayout:
     """The wide layout for stride-1 convolutions that need an im2col, when its extra columns cost at most
-    ``WIDE_MAX_OVERHEAD`` times the exact ones; else im2col's exact layout."""
-    return _column_layout(geom, tuple(spatial), WIDE_MAX_OVERHEAD)
+    ``WIDE_MAX_OVERHEAD`` times the exact ones; else im2col's exact layout.  ``batch_inner``: see the module."""
+    return _column_layout(geom, tuple(spatial), WIDE_MAX_OVERHEAD, batch_inner)
 
 
 @lru_cache(maxsize=256)
-def _column_layout(geom: ConvGeometry, spatial: tuple[int, ...], max_overhead: float):
+def _column_layout(geom: ConvGeometry, spatial: tuple[int, ...], max_overhead: float, batch_inner: bool):
     out = geom.output_shape(spatial)
-    exact = ExactLayout(geom, spatial, out, out)
+    exact = ExactLayout(geom, spatial, out, out, batch_inner)
     if geom.is_pointwise or any(s != 1 for s in geom.stride):
         return exact
     padded = geom.padded_shape(spatial)
@@ -163,74 +213,107 @@ def _column_layout(geom: ConvGeometry, spatial: tuple[int, ...], max_overhead: f
     strides = [math.prod(padded[d + 1:]) for d in range(geom.nd)]
     offsets = tuple(sum(k * d * s for k, d, s in zip(taps, geom.dilation, strides, strict=True))
                     for taps in itertools.product(*(range(k) for k in geom.kernel)))
-    return WideLayout(geom, spatial, grid, out, (padded[0] + 1, *padded[1:]), offsets)
+    return WideLayout(geom, spatial, grid, out, batch_inner, (padded[0] + 1, *padded[1:]), offsets)
 
 
 # -- the copies -------------------------------------------------------------------------------------
-def _pad(x, geom: ConvGeometry, padded):
-    """x (N, C, *spatial) placed at geom's low padding inside zeros (N, C, *padded)."""
+def _swap01(xp, a):
+    """``a`` with its first two axes swapped: (N, C, ...) <-> (C, N, ...), a view."""
+    return xp.permute_dims(a, (1, 0, *range(2, a.ndim)))
+
+
+def _pad(x, geom: ConvGeometry, padded, batch_inner: bool = False):
+    """x (N, C, *spatial) placed at geom's low padding inside zeros (N, C, *padded), or (C, N, *padded)."""
     xp = array_namespace(x)
-    xpad = xp.zeros((*x.shape[:2], *padded), dtype=x.dtype, device=device(x))
-    xpad[(*_ALL2, *geom.interior(x.shape[2:]))] = x
+    lead = x.shape[:2][::-1] if batch_inner else x.shape[:2]
+    xpad = xp.zeros((*lead, *padded), dtype=x.dtype, device=device(x))
+    xpad[(*_ALL2, *geom.interior(x.shape[2:]))] = _swap01(xp, x) if batch_inner else x
     return xpad
 
 
 def wide_im2col(x, layout: WideLayout):
-    """x (N, C, *spatial) -> cols (N, C, K, length): one contiguous slice copy per kernel tap."""
+    """x (N, C, *spatial) -> cols (N, C, K, length), or with ``layout.batch_inner`` (C, K, N, length): one
+    contiguous slice copy per kernel tap."""
     xp = array_namespace(x)
-    n, c = x.shape[:2]
-    flat = xp.reshape(_pad(x, layout.geom, layout.padded), (n, c, math.prod(layout.padded)))
-    cols = xp.empty((n, c, len(layout.offsets), layout.length), dtype=x.dtype, device=device(x))
+    inner = layout.batch_inner
+    lead = x.shape[:2][::-1] if inner else x.shape[:2]                    # (C, N) or (N, C)
+    flat = xp.reshape(_pad(x, layout.geom, layout.padded, inner), (*lead, math.prod(layout.padded)))
+    taps = len(layout.offsets)
+    cols = xp.empty((lead[0], taps, lead[1], layout.length) if inner else (*lead, taps, layout.length),
+                    dtype=x.dtype, device=device(x))
     for t, start in enumerate(layout.offsets):
-        cols[:, :, t, :] = flat[:, :, start:start + layout.length]
+        cols[_wide_tap(t, inner)] = flat[:, :, start:start + layout.length]
     return cols
 
 
 def wide_col2im(cols, layout: WideLayout):
-    """The adjoint of :func:`wide_im2col`: cols (N, C, K, length) -> (N, C, *spatial)."""
+    """The adjoint of :func:`wide_im2col`: cols (N, C, K, length), or (C, K, N, length), -> (N, C, *spatial),
+    a view."""
     xp = array_namespace(cols)
-    n, c = cols.shape[:2]
-    flat = xp.zeros((n, c, math.prod(layout.padded)), dtype=cols.dtype, device=device(cols))
+    inner = layout.batch_inner
+    lead = (cols.shape[0], cols.shape[2]) if inner else cols.shape[:2]
+    flat = xp.zeros((*lead, math.prod(layout.padded)), dtype=cols.dtype, device=device(cols))
     for t, start in enumerate(layout.offsets):
-        flat[:, :, start:start + layout.length] += cols[:, :, t, :]
-    return xp.reshape(flat, (n, c, *layout.padded))[(*_ALL2, *layout.geom.interior(layout.spatial))]
+        flat[:, :, start:start + layout.length] += cols[_wide_tap(t, inner)]
+    padded = xp.reshape(flat, (*lead, *layout.padded))[(*_ALL2, *layout.geom.interior(layout.spatial))]
+    return _swap01(xp, padded) if inner else padded
 
 
-def im2col(x, geom: ConvGeometry):
-    """Unfold x (N, C, *spatial) into cols (N, C, *kernel, *out), one strided slice copy per kernel tap."""
+def _wide_tap(t: int, batch_inner: bool) -> tuple:
+    """The index of tap ``t``'s block in wide columns (N, C, K, length), or (C, K, N, length)."""
+    return (slice(None), t, slice(None), slice(None)) if batch_inner else (*_ALL2, t, slice(None))
+
+
+def _tap(taps, out_sl, batch_inner: bool) -> tuple:
+    """The index of one kernel tap's block in cols (N, C, *kernel, *out), or (C, *kernel, N, *out)."""
+    return (slice(None), *taps, slice(None), *out_sl) if batch_inner else (*_ALL2, *taps, *out_sl)
+
+
+def im2col(x, geom: ConvGeometry, *, batch_inner: bool = False):
+    """Unfold x (N, C, *spatial) into cols (N, C, *kernel, *out), or with ``batch_inner`` (C, *kernel, N, *out),
+    one strided slice copy per kernel tap."""
     xp = array_namespace(x)
     n, c, *spatial = x.shape
     out = geom.output_shape(spatial)
+    lead = (c, *geom.kernel, n) if batch_inner else (n, c, *geom.kernel)
     if geom.is_pointwise:
-        return xp.reshape(x, (n, c, *geom.kernel, *out))
+        return xp.reshape(_swap01(xp, x) if batch_inner else x, (*lead, *out))
     windows = geom.windows(spatial)
     if not (len(windows) == math.prod(geom.kernel) and all(w[3] for w in windows)):
         # Pad once, so that every tap copies a whole window and cols needs no zero-filling.
         padded = geom.padded_shape(spatial)
-        x, windows = _pad(x, geom, padded), replace(geom, padding=((0, 0),) * geom.nd).windows(padded)
-    cols = xp.empty((n, c, *geom.kernel, *out), dtype=x.dtype, device=device(x))
+        src, windows = _pad(x, geom, padded, batch_inner), replace(geom, padding=((0, 0),) * geom.nd).windows(padded)
+    else:
+        src = _swap01(xp, x) if batch_inner else x
+    cols = xp.empty((*lead, *out), dtype=x.dtype, device=device(x))
     for taps, out_sl, in_sl, _ in windows:
-        cols[(*_ALL2, *taps, *out_sl)] = x[(*_ALL2, *in_sl)]
+        cols[_tap(taps, out_sl, batch_inner)] = src[(*_ALL2, *in_sl)]
     return cols
 
 
-def col2im(cols, geom: ConvGeometry, spatial):
-    """Fold cols (N, C, *kernel, *out) back to (N, C, *spatial), adding overlaps with slice ``+=``."""
+def col2im(cols, geom: ConvGeometry, spatial, *, batch_inner: bool = False):
+    """Fold cols (N, C, *kernel, *out), or (C, *kernel, N, *out), back to (N, C, *spatial), adding overlaps
+    with slice ``+=``."""
     xp = array_namespace(cols)
-    n, c = cols.shape[:2]
+    c, n = (cols.shape[0], cols.shape[1 + geom.nd]) if batch_inner else cols.shape[1::-1]
     if geom.is_pointwise:
+        if batch_inner:
+            return _swap01(xp, xp.reshape(cols, (c, n, *spatial)))
         return xp.reshape(cols, (n, c, *spatial))
     x = xp.zeros((n, c, *spatial), dtype=cols.dtype, device=device(cols))
-    col2im_into(x, slice(None), 0, cols, geom, spatial)
+    col2im_into(x, slice(None), 0, cols, geom, spatial, batch_inner=batch_inner)
     return x
 
 
-def col2im_into(x, batch: slice, row: int, cols, geom: ConvGeometry, spatial) -> None:
-    """Add the fold of cols (m, C, *kernel, *out) into ``x[batch, :, row:row + spatial[0], ...]`` in place.
+def col2im_into(x, batch: slice, row: int, cols, geom: ConvGeometry, spatial, *, batch_inner: bool = False) -> None:
+    """Add the fold of cols (m, C, *kernel, *out), or (C, *kernel, m, *out), into
+    ``x[batch, :, row:row + spatial[0], ...]`` in place.
 
     Each element receives its terms in kernel-tap order, as in :func:`col2im`: folding row bands of the
     output into one ``x``, the band of the last rows first, adds every element's terms in that same order.
     """
+    xp = array_namespace(x)
     for taps, out_sl, in_sl, _ in geom.windows(spatial):
         first = slice(in_sl[0].start + row, in_sl[0].stop + row, in_sl[0].step)
-        x[(batch, slice(None), first, *in_sl[1:])] += cols[(*_ALL2, *taps, *out_sl)]
+        block = cols[_tap(taps, out_sl, batch_inner)]
+        x[(batch, slice(None), first, *in_sl[1:])] += _swap01(xp, block) if batch_inner else block

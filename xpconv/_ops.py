@@ -65,6 +65,13 @@ def memory_limit(backend: Backend) -> int | None:
     return None if free is None else int(max_memory_fraction() * free)
 
 
+def engine_policy(backend: Backend) -> dict[str, Any]:
+    """The engine's keyword arguments that depend on ``backend``: its chunking and GEMM policies and the
+    free-memory guard (see :class:`~xpconv.backends.Backend`)."""
+    return {"cache_chunk_bytes": backend.cache_chunk_bytes, "batch_inner": backend.batch_inner_gemm,
+            "memory_limit": memory_limit(backend)}
+
+
 def namespace_of(*arrays: Array | None, names: Sequence[str] | None = None) -> Any:
     """The common Array API namespace of ``arrays`` (None entries skipped).
 
@@ -115,10 +122,6 @@ class ConvContext:
     out_shape: tuple[int, ...]
     backend: Backend
     cols: Array | None = None
-
-    @property
-    def cache_chunk_bytes(self) -> int | None:
-        return self.backend.cache_chunk_bytes
 
 
 def _weight_layout(channels_last: bool) -> str:
@@ -215,8 +218,7 @@ def conv(x: Array, weight: Array, bias: Array | None, geom: ConvGeometry | ConvS
     check_max_workspace_bytes(max_workspace_bytes)
     ctx = prepare(x, weight, bias, geom, channels_last=channels_last)
     y, ctx.cols = conv_forward(ctx.x, ctx.weight, bias, ctx.geom, max_workspace_bytes=max_workspace_bytes,
-                               cache_chunk_bytes=ctx.cache_chunk_bytes, keep_cols=keep_cols,
-                               memory_limit=memory_limit(ctx.backend))
+                               keep_cols=keep_cols, **engine_policy(ctx.backend))
     return _finish(ctx.xp, y, ctx.batched, channels_last), ctx
 
 
@@ -236,7 +238,7 @@ def conv_grads(ctx: ConvContext, grad_output: Array, *, max_workspace_bytes: int
                          f"got {tuple(grad_output.shape)}")
     grad_x, grad_w = conv_backward(dy, ctx.x, ctx.weight, ctx.geom, cols=ctx.cols,
                                    need_input_grad=need_input_grad, max_workspace_bytes=max_workspace_bytes,
-                                   cache_chunk_bytes=ctx.cache_chunk_bytes, memory_limit=memory_limit(ctx.backend))
+                                   **engine_policy(ctx.backend))
     grad_b = xp.sum(dy, axis=(0, *range(2, dy.ndim)))
     grad_w = _from_channels_first(xp, grad_w, ctx.channels_last)
     if grad_x is not None:
@@ -289,9 +291,8 @@ def conv_transpose(x: Array, weight: Array, bias: Array | None, geom: ConvGeomet
     if any(n < 1 for n in core):
         raise ValueError(f"input {tuple(x.shape[2:])} gives an empty output {out} (without the output padding "
                          f"beyond the kernel's reach: {core}) with padding {geom.padding}")
-    backend = Backend.from_array(x)
     y = conv_backward_data(x, weight, assoc, core, max_workspace_bytes=max_workspace_bytes,
-                           cache_chunk_bytes=backend.cache_chunk_bytes, memory_limit=memory_limit(backend))
+                           **engine_policy(Backend.from_array(x)))
     if any(extra):
         full = xp.zeros((*y.shape[:2], *out), dtype=y.dtype, device=device(y))
         full[(slice(None), slice(None), *(slice(0, n) for n in core))] = y
@@ -317,12 +318,11 @@ def conv_transpose_grads(x: Array, weight: Array, geom: ConvGeometry, output_pad
         raise ValueError(f"grad_output must have the output's shape {expected}, got {tuple(grad_output.shape)}")
     assoc, extra = _associated(geom, output_padding)
     dy = _core(grad_output, extra) if any(extra) else grad_output
-    backend = Backend.from_array(x)
-    chunking, limit = backend.cache_chunk_bytes, memory_limit(backend)
+    policy = engine_policy(Backend.from_array(x))
     grad_x, cols = conv_forward(dy, weight, None, assoc, keep_cols=True, max_workspace_bytes=max_workspace_bytes,
-                                cache_chunk_bytes=chunking, memory_limit=limit)
+                                **policy)
     _, grad_w = conv_backward(grad_output=x, x=dy, weight=weight, geom=assoc, cols=cols, need_input_grad=False,
-                              max_workspace_bytes=max_workspace_bytes, cache_chunk_bytes=chunking, memory_limit=limit)
+                              max_workspace_bytes=max_workspace_bytes, **policy)
     return grad_x, grad_w, xp.sum(grad_output, axis=(0, *range(2, grad_output.ndim)))
 
 

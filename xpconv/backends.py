@@ -94,6 +94,12 @@ class Backend:
         where fewer, larger chunks mean fewer kernel launches)."""
         return None if self.is_gpu else CPU_CHUNK_BYTES
 
+    @property
+    def batch_inner_gemm(self) -> bool:
+        """The engine's GEMM policy: the batch folded into one GEMM per chunk (a GPU: one kernel launch instead
+        of one per sample), or one GEMM per sample (the CPU, where that measured faster: docs/benchmarks.md)."""
+        return self.is_gpu
+
     # -- arrays ------------------------------------------------------------------------------------
     def asarray(self, x: Any, dtype: Any = None) -> Array:
         """``x`` (any array, list or scalar) as an array of this backend, on its device.
