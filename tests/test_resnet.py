@@ -174,3 +174,32 @@ def test_resnet_argument_errors():
         cifar_resnet((3, 0, 3))
     with pytest.raises(ValueError, match="in_channels must be a positive int"):
         resnet20(in_channels=0)
+
+
+def _resnet20_steps(backend, x, labels, steps=3):
+    """Losses and final state of ``steps`` SGD-with-momentum steps of a seeded float32 ResNet-20."""
+    from xpconv.optim import SGD
+
+    model = resnet20(backend=backend, seed=5)
+    optimizer, loss_fn = SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4), nn.CrossEntropyLoss()
+    xb, yb = model.backend.asarray(x), model.backend.asarray(labels)
+    losses = []
+    for _ in range(steps):
+        optimizer.zero_grad()
+        losses.append(loss_fn(model(xb), yb))
+        model.backward(loss_fn.backward())
+        optimizer.step()
+    return losses, model.state_dict()
+
+
+def test_resnet20_first_training_steps_agree_across_backends(backend, rng):
+    """Three float32 training steps (batch statistics, momentum, weight decay) follow NumPy's within float32
+    tolerance on every backend."""
+    x = rng.standard_normal((4, 3, 32, 32)).astype(np.float32)
+    labels = np.array([0, 3, 9, 1])
+    ref_losses, ref_state = _resnet20_steps("numpy", x, labels)
+    losses, state = _resnet20_steps(backend, x, labels)
+    assert ref_losses[-1] < ref_losses[0]                    # the steps do train
+    np.testing.assert_allclose(losses, ref_losses, rtol=1e-5)
+    for key, value in ref_state.items():
+        np.testing.assert_allclose(state[key], value, rtol=1e-4, atol=1e-5, err_msg=key)
