@@ -2,6 +2,7 @@
 
     python benchmarks/ab_engines.py 95da159 --threads 2 --repeats 5          # against the working tree
     python benchmarks/ab_engines.py 95da159 HEAD
+    python benchmarks/ab_engines.py HEAD HEAD --after-batch-inner                # the engine's two GEMM policies
 
 Each revision's ``xpconv`` package is extracted with ``git archive`` into a temporary folder and
 imported under its own name, so both engines (and the modules they import) run in one process.
@@ -76,6 +77,8 @@ def main(argv=None) -> int:
     parser.add_argument("after", nargs="?", help="git revision (default: the working tree)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--after-batch-inner", action="store_true",
+                        help="run the second engine with the batch inside the GEMM (batch_inner=True)")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="ab_engines_") as tmp:
         engines = {"before": _load_engine(args.before, "xpconv_before", Path(tmp)),
@@ -121,6 +124,8 @@ def _compare(engines, args) -> int:
                 geom = engine.ConvGeometry((layer.k,) * layer.nd, (layer.stride,) * layer.nd,
                                            ((layer.pad, layer.pad),) * layer.nd, (1,) * layer.nd, layer.groups)
                 policy = _cpu_policy(engine)
+                if key != "before" and args.after_batch_inner:
+                    policy["batch_inner"] = True
 
                 def step(engine=engine, geom=geom, cap=cap, policy=policy, x=x, w=w, b=b, dy=dy):
                     _, cols = engine.conv_forward(x, w, b, geom, keep_cols=True, max_workspace_bytes=cap, **policy)
