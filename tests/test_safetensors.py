@@ -3,7 +3,6 @@ clear errors for missing, truncated and corrupt files, and the ``xpconv train --
 from __future__ import annotations
 
 import json
-import re
 import struct
 import sys
 
@@ -140,7 +139,11 @@ def test_corrupt_files_give_a_value_error_naming_the_file_or_exactly_what_their_
     try:
         xpconv.load(bad, target)
     except ValueError as exc:
-        assert re.search(re.escape(str(bad)), str(exc))
+        message = str(exc)
+    else:
+        message = None
+    if message is not None:
+        assert str(bad) in message
         for key, value in target.state_dict().items():            # a refused file changes nothing
             np.testing.assert_array_equal(value, before[key])
         return
