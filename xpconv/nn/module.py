@@ -123,6 +123,10 @@ class Module:
         for _, p in self.named_parameters():
             yield p
 
+    def named_children(self) -> Iterator[tuple[str, Module]]:
+        """The direct child modules with their names, in registration order."""
+        yield from self._modules.items()
+
     def modules(self) -> Iterator[Module]:
         yield self
         for m in self._modules.values():
