@@ -125,7 +125,7 @@ def test_a_layer_without_an_onnx_form_is_named(layer, shape, match, tmp_path):
 
 
 def test_a_user_layer_is_named_with_its_place(tmp_path):
-    with pytest.raises(TypeError, match="model must be an xpconv.nn.Module, got CrossEntropyLoss"):
+    with pytest.raises(TypeError, match=r"model must be an xpconv\.nn\.Module, got CrossEntropyLoss"):
         xpconv.onnx.export(nn.CrossEntropyLoss(), np.zeros((2, 3), np.float32), tmp_path / "x.onnx")
 
     class Mine(nn.Module):

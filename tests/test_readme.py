@@ -6,6 +6,8 @@ import io
 import pathlib
 import re
 
+import pytest
+
 README = pathlib.Path(__file__).resolve().parent.parent / "README.md"
 
 
@@ -21,3 +23,20 @@ def test_readme_python_examples_run():
         for block in blocks:
             exec(compile(block, str(README), "exec"), {})
     assert "(3, 3, 16) (16, 3, 3, 3) (5, 5, 3) (16,)" in out.getvalue()
+
+
+INTEROP = README.parent / "docs" / "interop.md"
+
+
+def test_interop_examples_run():
+    """docs/interop.md's examples run in order, in one namespace (each path: DLPack, safetensors, ONNX, torch)."""
+    for module in ("safetensors", "onnx", "onnxruntime", "torch"):
+        pytest.importorskip(module, reason=f"docs/interop.md's examples need {module}")
+    blocks = re.findall(r"```python\n(.*?)```", INTEROP.read_text(), flags=re.S)
+    assert len(blocks) == 5
+    out = io.StringIO()
+    namespace: dict = {}
+    with contextlib.redirect_stdout(out):
+        for block in blocks:
+            exec(compile(block, str(INTEROP), "exec"), namespace)
+    assert "['Conv', 'BatchNormalization', 'Relu', 'Conv']" in out.getvalue()

@@ -157,9 +157,11 @@ def export(model: nn.Module, example_input: Any, path: str | os.PathLike[str]) -
     inputs = [onnx.helper.make_tensor_value_info("input", elem, ["batch", *x.shape[1:]])]
     graph.nodes.append(onnx.helper.make_node("Identity", [out], ["output"], name="output"))
     outputs = [onnx.helper.make_tensor_value_info("output", elem, ["batch", *y.shape[1:]])]
+    opsets = [onnx.helper.make_opsetid("", OPSET)]
     proto = onnx.helper.make_model(
         onnx.helper.make_graph(graph.nodes, type(model).__name__, inputs, outputs, graph.initializers),
-        opset_imports=[onnx.helper.make_opsetid("", OPSET)], producer_name="xpconv")
+        opset_imports=opsets, producer_name="xpconv",
+        ir_version=onnx.helper.find_min_ir_version_for(opsets))      # the oldest IR: runtimes older than onnx run it
     onnx.checker.check_model(proto, full_check=True)
     return atomic_write(path, proto.SerializeToString())
 
