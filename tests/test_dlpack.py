@@ -101,3 +101,9 @@ def test_module_to_moves_without_copy_and_gives_identical_results(source_spec, t
     opt.step()
     np.testing.assert_array_equal(as_numpy(old_weight), before["0.weight"])
     assert not np.array_equal(model.state_dict()["0.weight"], before["0.weight"])
+
+
+def test_numpy_scalars_move_as_0d_arrays(backend):
+    """A NumPy scalar (BatchNorm's counter becomes one on NumPy) has no DLPack: it moves as a 0-d array."""
+    y = backend.asarray(np.int64(3))
+    assert tuple(y.shape) == () and int(as_numpy(y)) == 3

@@ -154,3 +154,15 @@ def _has_safetensors() -> bool:
     import importlib.util
 
     return importlib.util.find_spec("safetensors") is not None
+
+
+def test_an_unbatched_example_and_a_missing_onnx_package_are_clear_errors(tmp_path, monkeypatch):
+    import sys
+
+    model = nn.Sequential(nn.Linear(3, 2, seed=0))
+    with pytest.raises(ValueError, match=r"example_input must be batched"):
+        xpconv.onnx.export(model, np.zeros(3, np.float32), tmp_path / "x.onnx")
+    monkeypatch.setitem(sys.modules, "onnx", None)
+    with pytest.raises(ImportError, match=r"pip install onnx"):
+        xpconv.onnx.export(model, np.zeros((1, 3), np.float32), tmp_path / "x.onnx")
+    assert not (tmp_path / "x.onnx").exists()

@@ -123,6 +123,8 @@ class Backend:
     def _from_other_library(self, x: Array) -> Any:
         """``x``, an array of another library, as an array of this one: zero-copy by DLPack when it lives on this
         backend's device, else through host memory (a copy)."""
+        if not hasattr(x, "__dlpack_device__"):
+            return to_numpy(x)                  # a NumPy scalar (np.float32(1.0)): immutable, nothing to share
         if dlpack_device_of(x) != self.dlpack_device:
             return to_numpy(x)                  # CPU <-> GPU, or another GPU: the documented copy
         if not self.is_gpu:

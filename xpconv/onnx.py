@@ -82,7 +82,7 @@ class _Graph:
         self.onnx, self.dtype = onnx, dtype
         self.nodes: list[Any] = []
         self.initializers: list[Any] = []
-        self._used: set[str] = set()
+        self._used: set[str] = {"input", "output"}        # the graph's own input and output
 
     def fresh(self, hint: str) -> str:
         name, i = hint, 1
@@ -142,13 +142,13 @@ def export(model: nn.Module, example_input: Any, path: str | os.PathLike[str]) -
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be an xpconv.nn.Module, got {type(model).__name__}")
     x = model.backend.asarray(example_input, dtype=model.dtype)
-    if x.ndim < 1:
-        raise ValueError("example_input must have a batch axis (axis 0)")
+    if x.ndim < 2:
+        raise ValueError(f"example_input must be batched, (N, ...) with the batch axis first, got shape "
+                         f"{tuple(x.shape)}")
     modes = [(m, m.training) for m in model.modules()]
     model.eval()
     try:
         graph = _Graph(onnx, np.dtype(to_numpy(x).dtype))
-        graph._used.add("input")
         out, y = _convert(graph, model, "input", x, type(model).__name__)
     finally:
         for m, mode in modes:
