@@ -144,7 +144,8 @@ def _check(model, shape, path, rng):
         np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5 * scale)
 
 
-@pytest.mark.parametrize("build, shape", LAYERS, ids=[f"{i}-{type(build()).__name__}" for i, (build, _) in enumerate(LAYERS)])
+@pytest.mark.parametrize("build, shape", LAYERS,
+                         ids=[f"{i}-{type(build()).__name__}" for i, (build, _) in enumerate(LAYERS)])
 def test_each_layer_alone_gives_its_eval_output(build, shape, tmp_path, rng):
     _check(nn.Sequential(build()), shape[1:], tmp_path / "layer.onnx", rng)
 
