@@ -16,8 +16,8 @@ from threadpoolctl import threadpool_limits
 
 from xpconv.backends import Backend
 from xpconv.bench.driver import make_runners
-from xpconv.bench.model_step import INPUT_SHAPES, _xpconv_step
-from xpconv.models import MODELS
+from xpconv.bench.model_step import _xpconv_step
+from xpconv.models import MODELS, input_shape
 
 
 def main(argv=None) -> int:
@@ -30,7 +30,7 @@ def main(argv=None) -> int:
     runner = make_runners(["numpy"], "cpu")[0][0]
     arch = MODELS[args.model](num_classes=10).arch
     rng = np.random.default_rng(0)
-    x = rng.standard_normal((args.batch_size, *INPUT_SHAPES.get(args.model, (3, 32, 32))), dtype=np.float32)
+    x = rng.standard_normal((args.batch_size, *input_shape(arch)), dtype=np.float32)
     labels = rng.integers(0, 10, args.batch_size)
     default = Backend.batch_inner_gemm
     times: dict[bool, list[float]] = {False: [], True: []}

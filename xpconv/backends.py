@@ -42,6 +42,7 @@ __all__ = [
     "CPU_CHUNK_BYTES",
     "available_backends",
     "cuda_device_count",
+    "dlpack_device_of",
     "get_backend",
     "get_default_backend",
     "gpu_name",
@@ -54,6 +55,7 @@ __all__ = [
 # On the CPU the engine keeps each chunk of its workspace under this size: a workspace that small stays
 # in the caches and reuses heap pages, which measured faster than one big buffer (docs/benchmarks.md).
 CPU_CHUNK_BYTES = 8 * 2**20
+_DLPACK_CPU, _DLPACK_CUDA = 1, 2      # DLPack's DLDeviceType codes kDLCPU and kDLCUDA
 
 _default_name: str | None = None
 
@@ -101,17 +103,49 @@ class Backend:
         return self.is_gpu
 
     # -- arrays ------------------------------------------------------------------------------------
-    def asarray(self, x: Any, dtype: Any = None) -> Array:
+    def asarray(self, x: Any, dtype: Any = None, *, copy: bool | None = None) -> Array:
         """``x`` (any array, list or scalar) as an array of this backend, on its device.
 
-        Arrays of another library go through host memory explicitly; this is the one place where
-        such a copy happens, and only when asked for.
+        An array of another library moves by DLPack (``xp.from_dlpack``) wherever it lives where this backend's
+        arrays live (both on the CPU, or both on the same GPU): the result then **shares x's memory**, as
+        ``np.asarray`` does for a NumPy array, and writing into one changes the other.  Where the devices differ
+        (CPU <-> GPU, or two GPUs) it is copied through host memory: this is the one place such a copy happens,
+        and only when asked for.  A source that cannot be handed on safely is copied too: a read-only array,
+        one with negative strides (``x[::-1]``), a GPU tensor whose library refuses to export it (a torch tensor
+        that requires grad).  ``copy=True`` always returns a new array; a ``dtype`` other than x's is a new
+        array as well.
         """
         if isinstance(dtype, str):
             dtype = self.dtype(dtype)
         if library_of(x) not in (None, self.name):
+            x = self._from_other_library(x)
+        return self.xp.asarray(x, dtype=dtype, device=self.device, copy=copy)
+
+    @property
+    def dlpack_device(self) -> tuple[int, int]:
+        """This backend's device as DLPack names it, ``(device type, index)``: ``(1, 0)`` is the CPU, ``(2, N)``
+        CUDA GPU N; arrays with the same pair can share memory."""
+        return (_DLPACK_CPU, 0)
+
+    def _from_other_library(self, x: Array) -> Any:
+        """``x``, an array of another library, as an array of this one: zero-copy by DLPack when it lives on this
+        backend's device, else through host memory (a copy)."""
+        if not hasattr(x, "__dlpack_device__"):
+            return to_numpy(x)                  # a NumPy scalar (np.float32(1.0)): immutable, nothing to share
+        if dlpack_device_of(x) != self.dlpack_device:
+            return to_numpy(x)                  # CPU <-> GPU, or another GPU: the documented copy
+        if not self.is_gpu:
+            # On the CPU go through a NumPy view (no copy), whose layout can be read: torch's from_dlpack aborts
+            # the process on negative strides (torch 2.13) and would make a read-only buffer writable.
             x = to_numpy(x)
-        return self.xp.asarray(x, dtype=dtype, device=self.device)
+            if not x.flags.writeable or any(step < 0 for step in x.strides):
+                return np.array(x, copy=True)
+        elif any(step < 0 for step in getattr(x, "strides", ())):
+            return to_numpy(x)                  # a flipped GPU array: no library takes negative strides by DLPack
+        try:
+            return self.xp.from_dlpack(x)
+        except (BufferError, RuntimeError, TypeError, ValueError):
+            return to_numpy(x)                  # refused (a torch tensor that requires grad): a copy
 
     def dtype(self, name: Any) -> Any:
         """The floating dtype called ``name`` ("float32"/"float64") in this namespace."""
@@ -223,6 +257,10 @@ class CupyBackend(Backend):
     def device_name(self) -> str:
         return f"cuda:{self.device.id}"
 
+    @property
+    def dlpack_device(self) -> tuple[int, int]:
+        return (_DLPACK_CUDA, int(self.device.id))
+
     @staticmethod
     def to_numpy(x: Array) -> np.ndarray:
         return x.get()
@@ -271,6 +309,10 @@ class TorchBackend(Backend):
     @property
     def is_gpu(self) -> bool:
         return self.device.type == "cuda"
+
+    @property
+    def dlpack_device(self) -> tuple[int, int]:
+        return (_DLPACK_CUDA, self.device.index or 0) if self.is_gpu else (_DLPACK_CPU, 0)
 
     @staticmethod
     def to_numpy(x: Array) -> np.ndarray:
@@ -349,6 +391,12 @@ def library_of(x: object) -> str | None:
     if is_array_api_obj(x) and is_array_api_strict_namespace(array_namespace(x)):
         return "array_api_strict"
     return None
+
+
+def dlpack_device_of(x: Array) -> tuple[int, int]:
+    """Where array ``x`` lives as DLPack names it, ``(device type, index)`` (see :attr:`Backend.dlpack_device`)."""
+    kind, index = x.__dlpack_device__()
+    return int(kind), int(index)
 
 
 def _compat_namespace(name: str) -> Any:

@@ -1,11 +1,15 @@
-"""Save and load models as backend-independent ``.npz`` files.
+"""Save and load models as backend-independent ``.npz`` or ``.safetensors`` files, and move weights to and from PyTorch.
 
 A file holds the model's ``state_dict()`` (host NumPy arrays, one entry per
 dotted name) and one JSON metadata entry: the format name and version, the
 architecture to rebuild the model from (when the model carries an ``arch``
 attribute, as :mod:`xpconv.models` builders set), and any extra information
 the caller passes (the CLI stores the data set, seed and metrics).  Nothing is
-pickled, so loading a file never runs code.
+pickled, so loading a file never runs code.  The format follows the file's suffix: ``.safetensors``
+(the `safetensors <https://huggingface.co/docs/safetensors>`_ library, the ``xpconv[safetensors]`` extra; the
+metadata is the string value ``__xpconv_meta__`` of the header's ``__metadata__``), anything else ``.npz``.
+The ``state_dict()`` keys are PyTorch's, so :func:`to_torch_state_dict` and :func:`from_torch_state_dict`
+move weights to and from an equivalent ``torch.nn`` model.
 """
 from __future__ import annotations
 
@@ -16,7 +20,7 @@ import signal
 import threading
 import zipfile
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
@@ -30,10 +34,25 @@ if TYPE_CHECKING:
 
 StrPath = str | os.PathLike[str]
 
-__all__ = ["save", "load", "read_metadata", "read_npz", "atomic_write", "FORMAT", "FORMAT_VERSION"]
+__all__ = ["save", "load", "read_metadata", "read_npz", "read_safetensors", "is_safetensors", "check_format",
+           "atomic_write", "from_torch_state_dict", "to_torch_state_dict", "FORMAT", "FORMAT_VERSION",
+           "SAFETENSORS_SUFFIX"]
 
 FORMAT, FORMAT_VERSION = "xpconv-model", 1
+SAFETENSORS_SUFFIX = ".safetensors"
 _META_KEY = "__xpconv_meta__"
+
+
+def _open(path: Path, kind: str) -> IO[bytes]:
+    """``path`` opened for reading; FileNotFoundError, IsADirectoryError, PermissionError naming it."""
+    try:
+        return open(path, "rb")
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path}: no such file") from None
+    except IsADirectoryError:
+        raise IsADirectoryError(f"{path}: is a directory, not an {kind} file") from None
+    except PermissionError:
+        raise PermissionError(f"{path}: permission denied (cannot read the file)") from None
 
 
 def read_npz(path: StrPath) -> dict[str, np.ndarray]:
@@ -44,26 +63,70 @@ def read_npz(path: StrPath) -> dict[str, np.ndarray]:
     a readable one (truncated, corrupt, or holding pickled objects).
     """
     path = Path(path)
-    try:
-        # The file is opened here, not by np.load, which leaves its own handle open when the zip is invalid.
-        fh = open(path, "rb")  # noqa: SIM115 - closed by the with below; open errors get their own messages
-    except FileNotFoundError:
-        raise FileNotFoundError(f"{path}: no such file") from None
-    except IsADirectoryError:
-        raise IsADirectoryError(f"{path}: is a directory, not an .npz file") from None
-    except PermissionError:
-        raise PermissionError(f"{path}: permission denied (cannot read the file)") from None
-    with fh:
+    # The file is opened here, not by np.load, which leaves its own handle open when the zip is invalid.
+    with _open(path, ".npz") as fh:
         if fh.read(4)[:2] != b"PK":  # every zip archive, np.savez's included, starts with this signature
             raise ValueError(f"{path}: not an .npz archive (no zip signature; a text, JSON or .npy file?)")
         fh.seek(0)
         try:
+            # np.load reads each member only up to its array's end, so zipfile never checks its CRC: a changed
+            # byte in an .npy header ('<f4' -> '>f4') would load as other numbers. testzip() checks every CRC.
+            with zipfile.ZipFile(fh) as archive:
+                damaged = archive.testzip()
+            if damaged is not None:
+                raise ValueError(f"member {damaged!r} fails its CRC check")
+            fh.seek(0)
             f = np.load(fh, allow_pickle=False)
             with f:
                 return {key: f[key] for key in f.files}
         except (zipfile.BadZipFile, EOFError, OSError, ValueError, zlib.error, NotImplementedError,
                 RuntimeError) as exc:
             raise ValueError(f"{path}: not a readable .npz file, it may be truncated or corrupt ({exc})") from None
+
+
+def _safetensors_numpy() -> Any:
+    """``safetensors.numpy``, or an ImportError that says how to install it."""
+    try:
+        import safetensors.numpy
+    except ImportError:
+        raise ImportError(f"{SAFETENSORS_SUFFIX} files need the safetensors package: pip install safetensors "
+                          '(or "xpconv[safetensors]")') from None
+    return safetensors.numpy
+
+
+def read_safetensors(path: StrPath) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+    """Every array of the ``.safetensors`` file at ``path`` and its header's ``__metadata__`` (strings).
+
+    The same errors as :func:`read_npz`: FileNotFoundError, IsADirectoryError, PermissionError, and a ValueError
+    naming the file when it is not a readable ``.safetensors`` file (truncated, corrupt, another format);
+    ImportError when the safetensors package is not installed.
+    """
+    path = Path(path)
+    library = _safetensors_numpy()
+    with _open(path, SAFETENSORS_SUFFIX) as fh:
+        raw = fh.read()
+    try:
+        arrays = library.load(raw)        # checks the header, the dtypes and that the offsets cover the data
+        size = int.from_bytes(raw[:8], "little")
+        meta = json.loads(raw[8:8 + size]).get("__metadata__") or {}
+        if not isinstance(meta, dict):
+            raise ValueError(f"__metadata__ is a JSON {type(meta).__name__}, not an object")
+    except Exception as exc:              # safetensors raises its own SafetensorError (an Exception) on bad bytes
+        raise ValueError(f"{path}: not a readable {SAFETENSORS_SUFFIX} file, it may be truncated or corrupt "
+                         f"({type(exc).__name__}: {exc})") from None
+    return arrays, meta
+
+
+def is_safetensors(path: StrPath) -> bool:
+    """Whether :func:`save`/:func:`load` treat ``path`` as a ``.safetensors`` file (by its suffix)."""
+    return Path(path).suffix.lower() == SAFETENSORS_SUFFIX
+
+
+def check_format(path: StrPath) -> None:
+    """Raise the ImportError :func:`save` would raise for ``path`` (a ``.safetensors`` file without the library),
+    before any work: the CLI calls it while it checks its output paths."""
+    if is_safetensors(path):
+        _safetensors_numpy()
 
 
 class _Terminated(BaseException):
@@ -172,31 +235,44 @@ def atomic_write(path: StrPath, data: bytes | Callable[[IO[bytes]], object]) -> 
 
 
 def save(model: Module, path: StrPath, metadata: dict[str, Any] | None = None) -> Path:
-    """Write ``model.state_dict()`` and metadata to ``path`` (an ``.npz`` file); returns the path.
+    """Write ``model.state_dict()`` and metadata to ``path``; returns the path.
 
+    A path ending in ``.safetensors`` gets a safetensors file (readable by ``safetensors.numpy.load_file`` and
+    ``safetensors.torch.load_file``, the metadata in the header's ``__metadata__``), any other an ``.npz`` file.
     The file is written with :func:`atomic_write`: an interrupted save leaves ``path`` as it was and no
     temporary file behind, and a new file gets the permissions ``open(path, "w")`` would give it.
     ``metadata`` must be JSON-serializable.
     """
     path = Path(path)
     state = model.state_dict()
+    meta = json.dumps({"format": FORMAT, "version": FORMAT_VERSION, "arch": getattr(model, "arch", None),
+                       "extra": metadata or {}})
+    if is_safetensors(path):
+        library = _safetensors_numpy()
+        if "__metadata__" in state:
+            raise ValueError("state dict key '__metadata__' is reserved in .safetensors files; rename that attribute")
+        blob = library.save({k: np.asarray(v, order="C") for k, v in state.items()}, metadata={_META_KEY: meta})
+        return atomic_write(path, blob)
     reserved = sorted({_META_KEY, "file", "allow_pickle"} & set(state))   # ours, and np.savez's own arguments
     if reserved:
         raise ValueError(f"state dict keys {reserved} are reserved in .npz model files; rename those attributes")
-    meta = {"format": FORMAT, "version": FORMAT_VERSION, "arch": getattr(model, "arch", None),
-            "extra": metadata or {}}
-    state[_META_KEY] = np.array(json.dumps(meta))
+    state[_META_KEY] = np.array(meta)
     # numpy's stub types **kwds as if they could be savez's allow_pickle flag; reserved keys are refused above.
     return atomic_write(path, lambda f: np.savez(f, **state))  # type: ignore[arg-type]
 
 
 def _read(path: StrPath) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     """(state dict, metadata) of a file written by :func:`save`; ValueError if it is not one."""
-    arrays = read_npz(path)
-    if _META_KEY not in arrays:
+    if is_safetensors(path):
+        arrays, header = read_safetensors(path)
+        text = header.get(_META_KEY)
+    else:
+        arrays = read_npz(path)
+        text = str(arrays.pop(_META_KEY)) if _META_KEY in arrays else None
+    if text is None:
         raise ValueError(f"{path}: not an xpconv model file (no {_META_KEY!r} entry)")
     try:
-        meta = json.loads(str(arrays.pop(_META_KEY)))
+        meta = json.loads(text)
     except (ValueError, RecursionError) as exc:      # JSONDecodeError is a ValueError
         raise ValueError(f"{path}: corrupt metadata ({exc})") from None
     if not isinstance(meta, dict):
@@ -252,4 +328,31 @@ def load(path: StrPath, model: Module | None = None, *, backend: str | Backend |
         model.load_state_dict(state)
     except ValueError as exc:
         raise ValueError(f"{path} does not fit the model: {exc}") from None
+    return model
+
+
+def to_torch_state_dict(model: Module) -> dict[str, Any]:
+    """``model.state_dict()`` as torch CPU tensors, for ``torch_model.load_state_dict``.
+
+    The keys are PyTorch's (``conv1.weight``, ``bn1.running_mean``, ``layer1.0.shortcut.0.weight``, ...), so an
+    equivalent ``torch.nn`` model takes them as they are; the tensors have the model's dtype and are new
+    (they share no memory with the model).  torch is imported here only: without it,
+    :class:`~xpconv.backends.BackendUnavailableError` says how to install it.  Example: docs/interop.md.
+    """
+    from .backends import get_backend
+
+    torch_cpu = get_backend("torch")                  # BackendUnavailableError, with the install hint, if missing
+    return {key: torch_cpu.asarray(value) for key, value in model.state_dict().items()}
+
+
+def from_torch_state_dict(model: Module, state_dict: Mapping[str, Any]) -> Module:
+    """Load a PyTorch ``state_dict`` (tensors on any device, or arrays; or a ``torch.nn.Module``, whose
+    ``state_dict()`` is taken) into ``model``; returns the model.
+
+    The keys must be the model's own (PyTorch's naming, see :func:`to_torch_state_dict`); the values are copied
+    to the model's backend and dtype, so a model trained in PyTorch runs on NumPy, CuPy or any other backend.
+    On a missing or unexpected key, or a shape that differs, ValueError naming them, and the model is unchanged.
+    """
+    to_state = getattr(state_dict, "state_dict", None)
+    model.load_state_dict(to_state() if callable(to_state) else state_dict)
     return model

@@ -17,14 +17,11 @@ from typing import Any
 import numpy as np
 
 from .. import nn
-from ..models import MODELS, ZeroPadShortcut, build_model
+from ..models import MODELS, ZeroPadShortcut, build_model, input_shape
 from ..optim import SGD
 
-__all__ = ["INPUT_SHAPES", "torch_mirror", "bench_models", "model_table", "run_model"]
+__all__ = ["torch_mirror", "bench_models", "model_table", "run_model"]
 
-# (C, H, W) of one input image per model; CIFAR-shaped for the rest.
-INPUT_SHAPES = {"small_cnn": (1, 8, 8), "lenet5": (1, 28, 28)}
-_CIFAR = (3, 32, 32)
 LR, MOMENTUM, NUM_CLASSES = 0.01, 0.9, 10
 
 
@@ -129,7 +126,7 @@ def bench_models(runners, name: str, *, batch_size: int, steps: int, warmup: int
     """One row per runner: median seconds per training step of model ``name``, images/s, ratio to torch-ref."""
     arch = MODELS[name](num_classes=NUM_CLASSES).arch
     rng = np.random.default_rng(seed)
-    x = rng.standard_normal((batch_size, *INPUT_SHAPES.get(name, _CIFAR)), dtype=np.float32)
+    x = rng.standard_normal((batch_size, *input_shape(arch)), dtype=np.float32)
     labels = rng.integers(0, NUM_CLASSES, batch_size)
     rows: list[dict[str, Any]] = []
     for runner in runners:

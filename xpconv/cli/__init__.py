@@ -13,7 +13,7 @@ import sys
 from .errors import EXIT_BROKEN_PIPE, flush_stdout, guarded
 
 # Modules that each define ``register(subparsers)``, adding one or more subcommands.
-_COMMAND_MODULES: tuple[str, ...] = ("xpconv.cli.train", "xpconv.bench.cli")
+_COMMAND_MODULES: tuple[str, ...] = ("xpconv.cli.train", "xpconv.cli.export", "xpconv.bench.cli")
 
 
 def _info(args) -> int:

@@ -111,6 +111,8 @@ def _run_train(args) -> int:
     outputs = {"--save": args.save, "--metrics-out": args.metrics_out, "--plot": args.plot,
                "--checkpoint": None if checkpoint_path == args.resume else checkpoint_path}
     check_outputs(outputs, inputs={"--resume": args.resume, "--data-dir": config["data_dir"]})
+    if args.save:
+        io.check_format(args.save)          # a .safetensors file without the library stops here, not after training
     backend = get_backend(args.backend, args.device)
     data = load_dataset(config["dataset"], config["data_dir"], seed=config["seed"]).subset(config["limit"])
     _, channels, size, _ = data.x_train.shape
@@ -229,7 +231,8 @@ def register(subparsers) -> None:
                    help="random crops and flips (default: on for the resnets)")
     p.add_argument("--seed", type=cli_type(non_negative_int), default=None,
                    help="seeds the split, the init and the batches (default: 0)")
-    p.add_argument("--save", metavar="MODEL.npz", help="save the trained model here")
+    p.add_argument("--save", metavar="MODEL.npz",
+                   help="save the trained model here (.npz, or .safetensors: the format follows the suffix)")
     p.add_argument("--metrics-out", metavar="METRICS.json", help="write metrics as JSON here")
     p.add_argument("--plot", metavar="CURVES.png", help="draw loss and accuracy curves here (needs matplotlib)")
     p.add_argument("--checkpoint", metavar="CKPT.npz",
@@ -241,7 +244,7 @@ def register(subparsers) -> None:
     e = subparsers.add_parser("evaluate", help="test accuracy of a saved model",
                               description="Report the test accuracy of a model saved by 'xpconv train --save'. "
                               "The data set, split seed and limit default to those recorded in the file.")
-    e.add_argument("--model", required=True, metavar="MODEL.npz")
+    e.add_argument("--model", required=True, metavar="MODEL.npz", help="a saved model (.npz or .safetensors)")
     _add_data_args(e, "default: the one recorded in the file")
     e.add_argument("--seed", type=cli_type(non_negative_int), default=None,
                    help="split seed (default: the one used in training)")

@@ -11,6 +11,7 @@ name               network                                                     i
 """
 from __future__ import annotations
 
+import inspect
 from contextlib import nullcontext
 from typing import Any
 
@@ -23,7 +24,7 @@ from .resnet import BasicBlock, Bottleneck, ZeroPadShortcut, cifar_resnet, resne
 from .small_cnn import small_cnn
 
 __all__ = ["small_cnn", "lenet5", "resnet20", "resnet32", "resnet56", "cifar_resnet", "BasicBlock", "Bottleneck",
-           "ZeroPadShortcut", "build_model", "MODELS"]
+           "ZeroPadShortcut", "build_model", "input_shape", "MODELS"]
 
 MODELS = {"small_cnn": small_cnn, "lenet5": lenet5, "resnet20": resnet20, "resnet32": resnet32,
           "resnet56": resnet56, "cifar_resnet": cifar_resnet}
@@ -56,10 +57,34 @@ def build_model(arch: dict[str, Any], *, backend: str | Backend | None = None, d
     >>> build_model(lenet5(num_classes=3).arch).fc3.out_features
     3
     """
-    if not isinstance(arch, dict) or arch.get("name") not in MODELS or not isinstance(arch.get("kwargs", {}), dict):
-        raise ValueError(f"unknown architecture {arch!r}; known: {', '.join(MODELS)}")
+    _check_record(arch)
     try:
         with nullcontext() if max_elements is None else element_budget(max_elements):
             return MODELS[arch["name"]](**arch.get("kwargs", {}), backend=backend, device=device)
     except TypeError as exc:
         raise ValueError(f"architecture record {arch!r} does not fit {arch['name']}: {exc}") from None
+
+
+def input_shape(arch: dict[str, Any]) -> tuple[int, int, int]:
+    """``(C, H, W)``: one input of the model an ``arch`` record describes, as its builder sizes it.
+
+    ``small_cnn`` takes its ``image_size``, ``lenet5`` 28x28 images, the ResNets 32x32 (CIFAR); ``C`` is the
+    record's ``in_channels`` (else the builder's default).
+
+    Examples
+    --------
+    >>> from xpconv.models import input_shape, lenet5, resnet20, small_cnn
+    >>> input_shape(small_cnn(image_size=12).arch), input_shape(lenet5().arch), input_shape(resnet20().arch)
+    ((1, 12, 12), (1, 28, 28), (3, 32, 32))
+    """
+    _check_record(arch)
+    defaults = {k: p.default for k, p in inspect.signature(MODELS[arch["name"]]).parameters.items()}
+    kwargs = defaults | arch.get("kwargs", {})
+    size = kwargs.get("image_size", 28 if arch["name"] == "lenet5" else 32)
+    return kwargs["in_channels"], size, size
+
+
+def _check_record(arch: Any) -> None:
+    """ValueError unless ``arch`` is ``{"name": <a key of MODELS>, "kwargs": {...}}``."""
+    if not isinstance(arch, dict) or arch.get("name") not in MODELS or not isinstance(arch.get("kwargs", {}), dict):
+        raise ValueError(f"unknown architecture {arch!r}; known: {', '.join(MODELS)}")

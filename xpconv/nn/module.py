@@ -123,6 +123,10 @@ class Module:
         for _, p in self.named_parameters():
             yield p
 
+    def named_children(self) -> Iterator[tuple[str, Module]]:
+        """The direct child modules with their names, in registration order."""
+        yield from self._modules.items()
+
     def modules(self) -> Iterator[Module]:
         yield self
         for m in self._modules.values():
@@ -146,7 +150,15 @@ class Module:
 
     # -- moving and saving ----------------------------------------------------------------------
     def to(self: _M, backend: str | Backend, device: Device = None) -> _M:
-        """Move every parameter, gradient and buffer to ``backend`` (a name or Backend); returns self."""
+        """Move every parameter, gradient and buffer to ``backend`` (a name or Backend); returns self.
+
+        Each array goes through :meth:`Backend.asarray`: between libraries on the same device (NumPy, torch
+        on the CPU and array-api-strict; CuPy and torch on one GPU) by DLPack, without a copy, so the moved
+        arrays share memory with the module's arrays from before the move, as torch's ``Module.to`` returns the
+        same tensors when nothing changes; between the CPU and a GPU, a copy.  Nothing the caller gave is
+        modified by sharing: xpconv rebinds ``.data`` and buffers on every update (it never writes into them),
+        and only gradients accumulate in place, into ``.grad`` arrays the module allocated itself.
+        """
         target = get_backend(backend, device)
         for m in self.modules():
             for p in m._parameters.values():
