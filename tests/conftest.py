@@ -1,6 +1,6 @@
 """One ``backend`` fixture parametrizes every backend-generic test.
 
-numpy and array_api_strict always run; torch when installed; cupy (and torch on
+numpy and array_api_strict (on its default device and on ``device1``) always run; torch when installed; cupy (and torch on
 CUDA) only where a CUDA device is usable, marked ``gpu`` and skipped with a
 reason otherwise.  ``XPCONV_TEST_BACKENDS=cupy`` (comma-separated) restricts
 the run to the named backends, e.g. to run the whole suite on the GPU.
@@ -27,6 +27,8 @@ def _backend_params():
     params = [
         pytest.param("numpy", id="numpy"),
         pytest.param("array_api_strict", id="array_api_strict"),
+        # its non-default device: an array created without the layer's device makes the next operation raise
+        pytest.param("array_api_strict:device1", id="array_api_strict-device1"),
         pytest.param("torch", id="torch", marks=no_torch),
         pytest.param("cupy", id="cupy", marks=[pytest.mark.gpu, no_cupy]),
         pytest.param("torch:cuda", id="torch-cuda", marks=[pytest.mark.gpu, no_torch_cuda]),
@@ -49,7 +51,7 @@ if HAS_TORCH:
 
 def make_backend(spec: str):
     name, _, device = spec.partition(":")
-    return get_backend(name, "cuda:0" if device == "cuda" else None)
+    return get_backend(name, "cuda:0" if device == "cuda" else device or None)
 
 
 @pytest.fixture(params=BACKENDS)

@@ -147,7 +147,8 @@ class Optimizer:
         """Reset every parameter's ``.grad`` to zeros (same shape, dtype and device)."""
         for group in self.param_groups:
             for p in group["params"]:
-                p.grad = array_namespace(p.data).zeros_like(p.data)
+                with Backend.from_array(p.data).activate():
+                    p.grad = array_namespace(p.data).zeros_like(p.data)
 
     def step(self) -> None:
         """Update every parameter from its ``.grad``; ValueError if a gradient's shape differs from its parameter's."""
@@ -158,8 +159,9 @@ class Optimizer:
                     raise ValueError(f"gradient shape {tuple(grad.shape)} does not match parameter shape "
                                      f"{tuple(data.shape)}")
                 state = self.state.setdefault(p, {})
-                _follow(data, state)
-                p.data = self._update(array_namespace(data, grad), data, grad, state, group)
+                with Backend.from_array(data).activate():     # the state is allocated on the parameter's device
+                    _follow(data, state)
+                    p.data = self._update(array_namespace(data, grad), data, grad, state, group)
 
     def _update(self, xp: Any, param: Array, grad: Array, state: dict[str, Any],
                 group: dict[str, Any]) -> Array:  # pragma: no cover - every optimizer overrides it
