@@ -1,7 +1,7 @@
 """One ``backend`` fixture parametrizes every backend-generic test.
 
-numpy and array_api_strict (on its default device and on ``device1``) always run; torch when installed; cupy (and torch on
-CUDA) only where a CUDA device is usable, marked ``gpu`` and skipped with a
+numpy and array_api_strict (on its default device and on ``device1``) always run; torch
+when installed; cupy (and torch on CUDA) only where a CUDA device is usable, marked ``gpu`` and skipped with a
 reason otherwise.  ``XPCONV_TEST_BACKENDS=cupy`` (comma-separated) restricts
 the run to the named backends, e.g. to run the whole suite on the GPU.
 """

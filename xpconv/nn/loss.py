@@ -4,7 +4,8 @@
 ``loss_fn.backward()`` then returns dL/dinput in the input's library, device, dtype and shape.
 With ``reduction="mean"`` or ``"sum"`` the loss is a Python float (one host sync per call; ``on_device``
 gives it as a 0-d array without waiting) and ``backward(grad_output=1.0)`` takes dL/dloss as a number;
-with ``reduction="none"`` the loss is an array on the device and ``backward(grad_output=None)`` takes an array of the loss's shape (None: ones).
+with ``reduction="none"`` the loss is an array on the device and ``backward(grad_output=None)`` takes an
+array of the loss's shape (None: ones).
 """
 from __future__ import annotations
 
