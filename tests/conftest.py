@@ -65,6 +65,26 @@ def rng():
     return np.random.default_rng(12345)
 
 
+def tf32_active(backend) -> bool:
+    """Whether float32 matrix products on ``backend`` may round their inputs to TF32 (10-bit mantissa): CuPy
+    with ``CUPY_TF32=1``, torch on CUDA unless its float32 matmul precision is "highest"; never on a CPU."""
+    if not backend.is_gpu:
+        return False
+    if backend.name == "cupy":
+        return os.environ.get("CUPY_TF32") == "1"
+    import torch
+
+    return torch.get_float32_matmul_precision() != "highest"
+
+
+def f32_tol(backend, rtol: float, atol: float = 0.0) -> dict[str, float]:
+    """float32 tolerances for ``assert_allclose``: the given ones, loosened where TF32 is active on ``backend``
+    (a 2**-11 relative rounding of each GEMM input, about 2e-2 after the sums of a layer)."""
+    if tf32_active(backend):
+        return {"rtol": max(rtol, 2e-2), "atol": max(atol, 2e-3)}
+    return {"rtol": rtol, "atol": atol}
+
+
 def as_numpy(a) -> np.ndarray:
     """Host float64 copy of an array from any backend, for comparisons."""
     return np.asarray(to_numpy(a), dtype=np.float64)

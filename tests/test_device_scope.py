@@ -11,8 +11,8 @@ import math
 
 import numpy as np
 import pytest
-
 from instrumented import instrument
+
 from xpconv import nn
 from xpconv.backends import get_backend
 from xpconv.data import Compose, RandomCrop, RandomHorizontalFlip, load_dataset
@@ -79,12 +79,11 @@ def test_forward_backward_and_step_neither_read_nor_upload(monkeypatch, digits48
     x = backend.asarray(digits48.x_train[:BATCH])
     y = backend.asarray(digits48.y_train[:BATCH].astype(np.int64))
     for _ in range(2):                                          # the second step has the optimizer's state
-        with instrument(monkeypatch) as tally:
-            with backend.activate():
-                loss = loss_fn.on_device(model(x), y)
-                optimizer.zero_grad()
-                model.backward(loss_fn.backward())
-                optimizer.step()
+        with instrument(monkeypatch) as tally, backend.activate():
+            loss = loss_fn.on_device(model(x), y)
+            optimizer.zero_grad()
+            model.backward(loss_fn.backward())
+            optimizer.step()
         assert not tally.reads and not tally.outside, (dict(tally.reads), dict(tally.outside))
         # The one upload is the dropout mask's uniform numbers: array-api-strict has no generator of its own, so
         # its Backend draws with NumPy's (CuPy and torch draw on the device: tests/test_gpu_sync.py).
