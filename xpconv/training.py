@@ -14,11 +14,12 @@ ends with the same weights and metrics, bit for bit, as one that never stopped. 
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import sys
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
@@ -157,6 +158,16 @@ class _Totals:
         return loss_sum, int(correct)
 
 
+@contextlib.contextmanager
+def _input_needs_no_grad(model: Module) -> Iterator[None]:
+    """The model's input is data: its first layer's backward may skip dL/dx while the block runs."""
+    model.requires_input_grad(False)
+    try:
+        yield
+    finally:
+        model.requires_input_grad(True)
+
+
 def evaluate(model: Module, x: Array, y: Array, batch_size: int = 500) -> tuple[float, float]:
     """(mean cross-entropy, accuracy) of ``model`` on host arrays x (N, C, H, W), y (N,), in eval mode.
 
@@ -287,7 +298,7 @@ def fit(model: Module, data: Dataset, *, epochs: int, batch_size: int, optimizer
         bar = tqdm(total=len(loader), initial=skip, desc=f"epoch {epoch + 1}/{epochs}", leave=False, unit="batch",
                    file=sys.stderr, disable=None if progress is None else not progress)
         start = time.perf_counter()
-        with model.backend.activate():
+        with model.backend.activate(), _input_needs_no_grad(model):
             totals = _Totals(model.backend, sums[0], int(sums[1]))
             for step, (xb, yb) in enumerate(loader):
                 if step < skip:                  # already trained before the run stopped: replayed, not trained

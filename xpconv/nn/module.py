@@ -167,6 +167,13 @@ class Module:
     def _clear_cache(self) -> None:
         """Drop whatever forward kept for backward (layers with a cache override this)."""
 
+    def requires_input_grad(self, needed: bool = True) -> None:
+        """Say whether :meth:`backward` must return dL/d(input).  With ``needed=False`` (the input is data, as
+        for a model's first layer) a layer that can skip that work does, and its backward returns None: a
+        convolution then computes only dL/dW and dL/db.  Containers pass it to the layer that takes their
+        input; the other layers ignore it.  :func:`xpconv.training.fit` sets it for the steps of a run.
+        """
+
     # -- moving and saving ----------------------------------------------------------------------
     def to(self: _M, backend: str | Backend, device: Device = None) -> _M:
         """Move every parameter, gradient and buffer to ``backend`` (a name or Backend); returns self."""
