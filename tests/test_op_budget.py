@@ -43,7 +43,6 @@ def test_every_measured_case_has_a_budget(counts):
 
 def test_the_counter_counts_work_not_views():
     import torch
-
     from op_counts import launches
 
     x = torch.ones(4, 4)

@@ -273,7 +273,8 @@ class CupyBackend(Backend):
         import cupy
 
         with self.device:
-            return _CountedGenerator(np.random.SeedSequence(seed).entropy, 0, cupy.random.RandomState())
+            entropy = np.random.SeedSequence(seed).entropy        # the seed itself, or fresh entropy for None
+            return _CountedGenerator(int(entropy), 0, cupy.random.RandomState())  # type: ignore[arg-type]
 
     def random(self, generator: Any, shape: tuple[int, ...], dtype: Any) -> Array:
         seed = np.random.SeedSequence([generator.seed, generator.draws]).generate_state(1, np.uint32)[0]

@@ -27,9 +27,9 @@ import numpy as np
 from array_api_compat import array_namespace
 
 from ._typing import Array
+from .backends import Backend, to_numpy
 from .data import Compose, DataLoader, Dataset
 from .interrupt import StopRequest
-from .backends import Backend, to_numpy
 from .nn import CrossEntropyLoss, Module, Parameter
 from .optim import SGD, Adam, Optimizer
 from .optim.lr_scheduler import CosineAnnealingLR, LinearLR, LRScheduler, MultiStepLR, OneCycleLR, SequentialLR
