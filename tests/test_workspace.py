@@ -151,3 +151,22 @@ def test_inputs_are_not_modified_when_chunked(rng):
         conv_backward(dy, x, w, geom, max_workspace_bytes=cap)
     for a, a0 in zip((x, w, b, dy), saved, strict=True):
         assert np.array_equal(a, a0)
+
+
+def test_gpu_default_cap_follows_free_memory_and_explicit_caps_stay(monkeypatch):
+    """On a GPU the default 256 MiB grows to half the memory limit; on the CPU, and for any explicit cap, no."""
+    from xpconv._ops import DEFAULT_MAX_WORKSPACE_BYTES, memory_limit, workspace_budget
+    from xpconv.backends import NumpyBackend, get_backend
+
+    free = 40 * 2**30
+    monkeypatch.setattr(NumpyBackend, "free_memory_bytes", lambda self: free)
+    cpu = get_backend("numpy")
+    limit = memory_limit(cpu)
+    assert limit == int(0.9 * free)
+    assert workspace_budget(cpu, DEFAULT_MAX_WORKSPACE_BYTES) == (DEFAULT_MAX_WORKSPACE_BYTES, limit)
+    monkeypatch.setattr(NumpyBackend, "is_gpu", property(lambda self: True))    # a GPU as far as the op layer sees
+    assert workspace_budget(cpu, DEFAULT_MAX_WORKSPACE_BYTES) == (limit // 2, limit)
+    assert workspace_budget(cpu, 2**20) == (2**20, limit)
+    assert workspace_budget(cpu, None) == (None, limit)
+    free = 100 * 2**20                                        # little free memory: never below the default
+    assert workspace_budget(cpu, DEFAULT_MAX_WORKSPACE_BYTES)[0] == DEFAULT_MAX_WORKSPACE_BYTES

@@ -39,7 +39,7 @@ from .validation import check_real
 __all__ = ["ConvContext", "namespace_of", "ConvSpec", "prepare", "conv", "conv_grads", "conv_transpose",
            "conv_transpose_grads", "conv_transpose_output_shape", "unfold", "fold", "DEFAULT_MAX_WORKSPACE_BYTES",
            "DEFAULT_MAX_MEMORY_FRACTION", "SUPPORTED_DTYPES", "check_max_workspace_bytes", "max_memory_fraction",
-           "memory_limit"]
+           "memory_limit", "workspace_budget"]
 
 SUPPORTED_DTYPES = ("float32", "float64")
 DEFAULT_MAX_MEMORY_FRACTION = 0.9
@@ -63,6 +63,19 @@ def memory_limit(backend: Backend) -> int | None:
     """The most bytes one workspace may take on ``backend``'s device now (None where its free memory is unknown)."""
     free = backend.free_memory_bytes()
     return None if free is None else int(max_memory_fraction() * free)
+
+
+def workspace_budget(backend: Backend, max_workspace_bytes: int | None) -> tuple[int | None, int | None]:
+    """(workspace cap, memory limit) of one call on ``backend``.
+
+    The default cap, 256 MiB, is a CPU figure; on a GPU, where fewer, larger chunks mean fewer launches, it
+    grows to half the :func:`memory_limit` (the device's free memory, times :func:`max_memory_fraction`), so a
+    benchmark batch of 128 is not split.  An explicit cap (another value, or None) is kept as given.
+    """
+    limit = memory_limit(backend)
+    if backend.is_gpu and max_workspace_bytes == DEFAULT_MAX_WORKSPACE_BYTES and limit is not None:
+        max_workspace_bytes = max(DEFAULT_MAX_WORKSPACE_BYTES, limit // 2)
+    return max_workspace_bytes, limit
 
 
 def namespace_of(*arrays: Array | None, names: Sequence[str] | None = None) -> Any:
@@ -214,9 +227,9 @@ def conv(x: Array, weight: Array, bias: Array | None, geom: ConvGeometry | ConvS
     """Validated forward pass: (y in the caller's layout, the :class:`ConvContext` backward needs)."""
     check_max_workspace_bytes(max_workspace_bytes)
     ctx = prepare(x, weight, bias, geom, channels_last=channels_last)
-    y, ctx.cols = conv_forward(ctx.x, ctx.weight, bias, ctx.geom, max_workspace_bytes=max_workspace_bytes,
-                               cache_chunk_bytes=ctx.cache_chunk_bytes, keep_cols=keep_cols,
-                               memory_limit=memory_limit(ctx.backend))
+    cap, limit = workspace_budget(ctx.backend, max_workspace_bytes)
+    y, ctx.cols = conv_forward(ctx.x, ctx.weight, bias, ctx.geom, max_workspace_bytes=cap,
+                               cache_chunk_bytes=ctx.cache_chunk_bytes, keep_cols=keep_cols, memory_limit=limit)
     return _finish(ctx.xp, y, ctx.batched, channels_last), ctx
 
 
@@ -234,9 +247,10 @@ def conv_grads(ctx: ConvContext, grad_output: Array, *, max_workspace_bytes: int
             expected.append(expected.pop(-nd - 1))
         raise ValueError(f"grad_output must have the output's shape {tuple(expected)}, "
                          f"got {tuple(grad_output.shape)}")
+    cap, limit = workspace_budget(ctx.backend, max_workspace_bytes)
     grad_x, grad_w = conv_backward(dy, ctx.x, ctx.weight, ctx.geom, cols=ctx.cols,
-                                   need_input_grad=need_input_grad, max_workspace_bytes=max_workspace_bytes,
-                                   cache_chunk_bytes=ctx.cache_chunk_bytes, memory_limit=memory_limit(ctx.backend))
+                                   need_input_grad=need_input_grad, max_workspace_bytes=cap,
+                                   cache_chunk_bytes=ctx.cache_chunk_bytes, memory_limit=limit)
     grad_b = xp.sum(dy, axis=(0, *range(2, dy.ndim)))
     grad_w = _from_channels_first(xp, grad_w, ctx.channels_last)
     if grad_x is not None:
@@ -290,8 +304,9 @@ def conv_transpose(x: Array, weight: Array, bias: Array | None, geom: ConvGeomet
         raise ValueError(f"input {tuple(x.shape[2:])} gives an empty output {out} (without the output padding "
                          f"beyond the kernel's reach: {core}) with padding {geom.padding}")
     backend = Backend.from_array(x)
-    y = conv_backward_data(x, weight, assoc, core, max_workspace_bytes=max_workspace_bytes,
-                           cache_chunk_bytes=backend.cache_chunk_bytes, memory_limit=memory_limit(backend))
+    cap, limit = workspace_budget(backend, max_workspace_bytes)
+    y = conv_backward_data(x, weight, assoc, core, max_workspace_bytes=cap,
+                           cache_chunk_bytes=backend.cache_chunk_bytes, memory_limit=limit)
     if any(extra):
         full = xp.zeros((*y.shape[:2], *out), dtype=y.dtype, device=device(y))
         full[(slice(None), slice(None), *(slice(0, n) for n in core))] = y
@@ -318,11 +333,11 @@ def conv_transpose_grads(x: Array, weight: Array, geom: ConvGeometry, output_pad
     assoc, extra = _associated(geom, output_padding)
     dy = _core(grad_output, extra) if any(extra) else grad_output
     backend = Backend.from_array(x)
-    chunking, limit = backend.cache_chunk_bytes, memory_limit(backend)
-    grad_x, cols = conv_forward(dy, weight, None, assoc, keep_cols=True, max_workspace_bytes=max_workspace_bytes,
+    chunking, (cap, limit) = backend.cache_chunk_bytes, workspace_budget(backend, max_workspace_bytes)
+    grad_x, cols = conv_forward(dy, weight, None, assoc, keep_cols=True, max_workspace_bytes=cap,
                                 cache_chunk_bytes=chunking, memory_limit=limit)
     _, grad_w = conv_backward(grad_output=x, x=dy, weight=weight, geom=assoc, cols=cols, need_input_grad=False,
-                              max_workspace_bytes=max_workspace_bytes, cache_chunk_bytes=chunking, memory_limit=limit)
+                              max_workspace_bytes=cap, cache_chunk_bytes=chunking, memory_limit=limit)
     return grad_x, grad_w, xp.sum(grad_output, axis=(0, *range(2, grad_output.ndim)))
 
 
