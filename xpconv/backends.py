@@ -48,6 +48,7 @@ __all__ = [
     "get_backend",
     "get_default_backend",
     "gpu_name",
+    "is_host_data",
     "library_of",
     "set_default_backend",
     "to_numpy",
@@ -485,6 +486,12 @@ def library_of(x: object) -> str | None:
     if is_array_api_obj(x) and is_array_api_strict_namespace(array_namespace(x)):
         return "array_api_strict"
     return None
+
+
+def is_host_data(x: object) -> bool:
+    """Whether ``x`` is data in host memory that can be read without waiting for a device: a list, a tuple or a
+    NumPy array (not an array of a device library, even one on the CPU)."""
+    return isinstance(x, (list, tuple)) or is_numpy_array(x)
 
 
 def _compat_namespace(name: str) -> Any:

@@ -20,7 +20,7 @@ from array_api_compat import array_namespace, device
 from .._docstrings import fill_doc
 from .._ops import namespace_of
 from .._typing import Array
-from ..backends import Backend, library_of
+from ..backends import Backend, is_host_data, library_of
 from ..validation import check_real
 
 __all__ = ["CrossEntropyLoss", "MSELoss", "BCEWithLogitsLoss"]
@@ -445,7 +445,7 @@ def _labels_like(logits, labels, n: int, c: int):
     """
     xp = array_namespace(logits)
     backend = Backend.from_array(logits)
-    checked = isinstance(labels, (list, tuple)) or library_of(labels) == "numpy"
+    checked = is_host_data(labels)
     if checked:
         labels = np.asarray(labels) if len(labels) else np.zeros((0,), dtype=np.int64)
         if labels.dtype.kind not in "iu":
