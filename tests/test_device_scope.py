@@ -91,3 +91,19 @@ def test_forward_backward_and_step_neither_read_nor_upload(monkeypatch, digits48
     with instrument(monkeypatch) as tally:
         float(loss)
     assert tally.reads == {"__float__": 1}                      # the counter sees a read
+
+
+def test_the_functional_api_runs_under_the_device_context(monkeypatch, rng):
+    """xpconv.conv2d and conv2d_backward, called without a layer, select the inputs' device too."""
+    import xpconv
+
+    backend = get_backend("array_api_strict", "device1")
+    x, w, b = (backend.asarray(rng.standard_normal(s)) for s in ((2, 3, 6, 6), (4, 3, 3, 3), (4,)))
+    with instrument(monkeypatch) as tally:
+        y = xpconv.conv2d(x, w, b, padding=1)
+    dy = backend.xp.ones_like(y)
+    with instrument(monkeypatch) as tally_backward:
+        xpconv.conv2d_backward(dy, x, w, padding=1)
+    for counted in (tally, tally_backward):
+        assert counted.ops["matmul"] + counted.ops["tensordot"] > 0
+        assert not counted.outside, dict(counted.outside)

@@ -228,9 +228,10 @@ def conv(x: Array, weight: Array, bias: Array | None, geom: ConvGeometry | ConvS
     check_max_workspace_bytes(max_workspace_bytes)
     ctx = prepare(x, weight, bias, geom, channels_last=channels_last)
     cap, limit = workspace_budget(ctx.backend, max_workspace_bytes)
-    y, ctx.cols = conv_forward(ctx.x, ctx.weight, bias, ctx.geom, max_workspace_bytes=cap,
-                               cache_chunk_bytes=ctx.cache_chunk_bytes, keep_cols=keep_cols, memory_limit=limit)
-    return _finish(ctx.xp, y, ctx.batched, channels_last), ctx
+    with ctx.backend.activate():                     # the functional API too allocates on the inputs' device
+        y, ctx.cols = conv_forward(ctx.x, ctx.weight, bias, ctx.geom, max_workspace_bytes=cap,
+                                   cache_chunk_bytes=ctx.cache_chunk_bytes, keep_cols=keep_cols, memory_limit=limit)
+        return _finish(ctx.xp, y, ctx.batched, channels_last), ctx
 
 
 def conv_grads(ctx: ConvContext, grad_output: Array, *, max_workspace_bytes: int | None = DEFAULT_MAX_WORKSPACE_BYTES,
@@ -248,14 +249,15 @@ def conv_grads(ctx: ConvContext, grad_output: Array, *, max_workspace_bytes: int
         raise ValueError(f"grad_output must have the output's shape {tuple(expected)}, "
                          f"got {tuple(grad_output.shape)}")
     cap, limit = workspace_budget(ctx.backend, max_workspace_bytes)
-    grad_x, grad_w = conv_backward(dy, ctx.x, ctx.weight, ctx.geom, cols=ctx.cols,
-                                   need_input_grad=need_input_grad, max_workspace_bytes=cap,
-                                   cache_chunk_bytes=ctx.cache_chunk_bytes, memory_limit=limit)
-    grad_b = xp.sum(dy, axis=(0, *range(2, dy.ndim)))
-    grad_w = _from_channels_first(xp, grad_w, ctx.channels_last)
-    if grad_x is not None:
-        grad_x = _finish(xp, grad_x, ctx.batched, ctx.channels_last)
-    return grad_x, grad_w, grad_b
+    with ctx.backend.activate():
+        grad_x, grad_w = conv_backward(dy, ctx.x, ctx.weight, ctx.geom, cols=ctx.cols,
+                                       need_input_grad=need_input_grad, max_workspace_bytes=cap,
+                                       cache_chunk_bytes=ctx.cache_chunk_bytes, memory_limit=limit)
+        grad_b = xp.sum(dy, axis=(0, *range(2, dy.ndim)))
+        grad_w = _from_channels_first(xp, grad_w, ctx.channels_last)
+        if grad_x is not None:
+            grad_x = _finish(xp, grad_x, ctx.batched, ctx.channels_last)
+        return grad_x, grad_w, grad_b
 
 
 # -- the transposed convolution: the convolution's data gradient used as a forward --------------------
@@ -305,15 +307,16 @@ def conv_transpose(x: Array, weight: Array, bias: Array | None, geom: ConvGeomet
                          f"beyond the kernel's reach: {core}) with padding {geom.padding}")
     backend = Backend.from_array(x)
     cap, limit = workspace_budget(backend, max_workspace_bytes)
-    y = conv_backward_data(x, weight, assoc, core, max_workspace_bytes=cap,
-                           cache_chunk_bytes=backend.cache_chunk_bytes, memory_limit=limit)
-    if any(extra):
-        full = xp.zeros((*y.shape[:2], *out), dtype=y.dtype, device=device(y))
-        full[(slice(None), slice(None), *(slice(0, n) for n in core))] = y
-        y = full
-    if bias is not None:
-        y = y + xp.reshape(bias, (1, -1) + (1,) * nd)
-    return y
+    with backend.activate():
+        y = conv_backward_data(x, weight, assoc, core, max_workspace_bytes=cap,
+                               cache_chunk_bytes=backend.cache_chunk_bytes, memory_limit=limit)
+        if any(extra):
+            full = xp.zeros((*y.shape[:2], *out), dtype=y.dtype, device=device(y))
+            full[(slice(None), slice(None), *(slice(0, n) for n in core))] = y
+            y = full
+        if bias is not None:
+            y = y + xp.reshape(bias, (1, -1) + (1,) * nd)
+        return y
 
 
 def conv_transpose_grads(x: Array, weight: Array, geom: ConvGeometry, output_padding: Sequence[int],
@@ -334,11 +337,12 @@ def conv_transpose_grads(x: Array, weight: Array, geom: ConvGeometry, output_pad
     dy = _core(grad_output, extra) if any(extra) else grad_output
     backend = Backend.from_array(x)
     chunking, (cap, limit) = backend.cache_chunk_bytes, workspace_budget(backend, max_workspace_bytes)
-    grad_x, cols = conv_forward(dy, weight, None, assoc, keep_cols=True, max_workspace_bytes=cap,
-                                cache_chunk_bytes=chunking, memory_limit=limit)
-    _, grad_w = conv_backward(grad_output=x, x=dy, weight=weight, geom=assoc, cols=cols, need_input_grad=False,
-                              max_workspace_bytes=cap, cache_chunk_bytes=chunking, memory_limit=limit)
-    return grad_x, grad_w, xp.sum(grad_output, axis=(0, *range(2, grad_output.ndim)))
+    with backend.activate():
+        grad_x, cols = conv_forward(dy, weight, None, assoc, keep_cols=True, max_workspace_bytes=cap,
+                                    cache_chunk_bytes=chunking, memory_limit=limit)
+        _, grad_w = conv_backward(grad_output=x, x=dy, weight=weight, geom=assoc, cols=cols, need_input_grad=False,
+                                  max_workspace_bytes=cap, cache_chunk_bytes=chunking, memory_limit=limit)
+        return grad_x, grad_w, xp.sum(grad_output, axis=(0, *range(2, grad_output.ndim)))
 
 
 # -- windows, for pooling ---------------------------------------------------------------------------
