@@ -145,7 +145,7 @@ class _Totals:
     """
 
     def __init__(self, backend: Backend, loss_sum: float = 0.0, correct: int = 0) -> None:
-        self.backend, self.xp = backend, backend.xp
+        self.xp = backend.xp
         self.sums = backend.asarray(np.array([loss_sum, correct], dtype=np.float64))
 
     def add(self, loss: Array, logits: Array, labels: Array) -> None:
@@ -182,7 +182,7 @@ def evaluate(model: Module, x: Array, y: Array, batch_size: int = 500) -> tuple[
         for i, (xb, yb) in enumerate(loader):
             logits = model(xb)
             if i == 0:
-                _check_labels(loader.y, logits.shape[1], "test")
+                _check_labels(loader.y, logits.shape[1], "evaluation")
             totals.add(loss_fn.on_device(logits, yb), logits, yb)
         total_loss, correct = totals.read()
     model.train(was_training)
