@@ -1,7 +1,7 @@
 """One ``backend`` fixture parametrizes every backend-generic test.
 
-numpy and array_api_strict always run; torch when installed; cupy (and torch on
-CUDA) only where a CUDA device is usable, marked ``gpu`` and skipped with a
+numpy and array_api_strict (on its default device and on ``device1``) always run; torch
+when installed; cupy (and torch on CUDA) only where a CUDA device is usable, marked ``gpu`` and skipped with a
 reason otherwise.  ``XPCONV_TEST_BACKENDS=cupy`` (comma-separated) restricts
 the run to the named backends, e.g. to run the whole suite on the GPU.
 """
@@ -27,6 +27,8 @@ def _backend_params():
     params = [
         pytest.param("numpy", id="numpy"),
         pytest.param("array_api_strict", id="array_api_strict"),
+        # its non-default device: an array created without the layer's device makes the next operation raise
+        pytest.param("array_api_strict:device1", id="array_api_strict-device1"),
         pytest.param("torch", id="torch", marks=no_torch),
         pytest.param("cupy", id="cupy", marks=[pytest.mark.gpu, no_cupy]),
         pytest.param("torch:cuda", id="torch-cuda", marks=[pytest.mark.gpu, no_torch_cuda]),
@@ -49,7 +51,7 @@ if HAS_TORCH:
 
 def make_backend(spec: str):
     name, _, device = spec.partition(":")
-    return get_backend(name, "cuda:0" if device == "cuda" else None)
+    return get_backend(name, "cuda:0" if device == "cuda" else device or None)
 
 
 @pytest.fixture(params=BACKENDS)
@@ -61,6 +63,26 @@ def backend(request):
 @pytest.fixture
 def rng():
     return np.random.default_rng(12345)
+
+
+def tf32_active(backend) -> bool:
+    """Whether float32 matrix products on ``backend`` may round their inputs to TF32 (10-bit mantissa): CuPy
+    with ``CUPY_TF32=1``, torch on CUDA unless its float32 matmul precision is "highest"; never on a CPU."""
+    if not backend.is_gpu:
+        return False
+    if backend.name == "cupy":
+        return os.environ.get("CUPY_TF32") == "1"
+    import torch
+
+    return torch.get_float32_matmul_precision() != "highest"
+
+
+def f32_tol(backend, rtol: float, atol: float = 0.0) -> dict[str, float]:
+    """float32 tolerances for ``assert_allclose``: the given ones, loosened where TF32 is active on ``backend``
+    (a 2**-11 relative rounding of each GEMM input, about 2e-2 after the sums of a layer)."""
+    if tf32_active(backend):
+        return {"rtol": max(rtol, 2e-2), "atol": max(atol, 2e-3)}
+    return {"rtol": rtol, "atol": atol}
 
 
 def as_numpy(a) -> np.ndarray:

@@ -117,3 +117,34 @@ def test_layer_agrees_with_torch_conv2d(rng):
     np.testing.assert_allclose(layer.backward(g), xt.grad.numpy(), rtol=1e-12, atol=1e-12)
     np.testing.assert_allclose(layer.weight.grad, ref.weight.grad.numpy(), rtol=1e-12, atol=1e-12)
     np.testing.assert_allclose(layer.bias.grad, ref.bias.grad.numpy(), rtol=1e-12, atol=1e-12)
+
+
+def test_first_layer_skips_the_input_gradient_and_changes_nothing_else(backend, rng, monkeypatch):
+    """``requires_input_grad(False)`` (what fit sets for a model's first layer): the conv's backward asks the op
+    layer for no dL/dx and returns None; the parameter gradients are bit for bit the same."""
+    from xpconv.nn import conv as conv_module
+
+    asked = []
+    real = conv_module.conv_grads
+
+    def spy(*args, need_input_grad=True, **kwargs):
+        asked.append(need_input_grad)
+        return real(*args, need_input_grad=need_input_grad, **kwargs)
+
+    monkeypatch.setattr(conv_module, "conv_grads", spy)
+    x = backend.asarray(rng.standard_normal((2, 3, 6, 6)), dtype="float64")
+    grads = []
+    for needed in (True, False):
+        model = nn.Sequential(nn.Conv2d(3, 4, 3, backend=backend, dtype="float64", seed=0), nn.ReLU(),
+                              nn.Flatten(), nn.Linear(4 * 4 * 4, 2, backend=backend, dtype="float64", seed=1))
+        model.requires_input_grad(needed)
+        y = model(x)
+        grad_x = model.backward(backend.xp.ones_like(y))
+        assert (grad_x is None) == (not needed)
+        grads.append({name: as_numpy(p.grad) for name, p in model.named_parameters()})
+    assert asked == [True, False]
+    for name, value in grads[0].items():
+        np.testing.assert_array_equal(grads[1][name], value, err_msg=name)
+    model.requires_input_grad(True)
+    model(x)
+    assert model.backward(backend.xp.ones_like(y)) is not None

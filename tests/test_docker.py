@@ -137,3 +137,16 @@ def test_compose_command_is_a_registered_subcommand_and_parses_with_the_xpconv_c
     assert command[0] in _subcommands()
     args = build_parser().parse_args(command)  # exits (fails) on an unknown option
     assert args.command == command[0]
+
+
+def test_cupy_kernel_cache_is_a_named_volume_at_the_images_cache_dir():
+    """CuPy's kernel cache lives in a directory the image's user owns, and every GPU service mounts one named
+    volume there, so compiled kernels survive containers."""
+    text = _dockerfile()
+    cache_dir = re.search(r"CUPY_CACHE_DIR=(\S+)", text).group(1)
+    assert not cache_dir.startswith("/tmp")
+    assert re.search(rf"install -d -o xpconv -g xpconv .*{re.escape(cache_dir)}", text)
+    compose = _compose()
+    assert "cupy-kernels" in compose["volumes"]
+    for name in GPU_SERVICES:
+        assert f"cupy-kernels:{cache_dir}" in compose["services"][name]["volumes"], name

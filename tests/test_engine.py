@@ -8,7 +8,7 @@ import pytest
 import xpconv._columns as columns
 from conftest import as_numpy
 from reference import conv_backward_reference, conv_reference
-from xpconv._columns import WideLayout, col2im, column_layout, im2col, wide_col2im, wide_im2col
+from xpconv._columns import GatherLayout, WideLayout, col2im, column_layout, im2col, wide_col2im, wide_im2col
 from xpconv._engine import (
     batch_chunks,
     columns_grad,
@@ -40,9 +40,10 @@ CASES = {
 WIDE_CASES = {"1d-pad", "2d-transposed-dx-groups", "3d-wide"}
 
 
-@pytest.fixture(params=["chosen", "exact"])
+@pytest.fixture(params=["chosen", "exact", "gather"])
 def layout(request, monkeypatch):
-    """Run a test with the layout the engine chooses, and again with the wide layout switched off."""
+    """Run a test with the layout the engine chooses, again with the wide layout switched off, and (where the
+    test passes ``gather=``) with the gather layout of a GPU."""
     if request.param == "exact":
         monkeypatch.setattr(columns, "WIDE_MAX_OVERHEAD", 0.0)
     return request.param
@@ -122,7 +123,7 @@ def test_im2col_and_col2im_leave_inputs_unchanged(rng):
 def test_wide_layout_is_chosen_for_stride_1_im2col_geometries(name, layout):
     shape = CASES[name][0]
     chosen = column_layout(_geometry(CASES[name]), shape[2:])
-    assert isinstance(chosen, WideLayout) == (name in WIDE_CASES and layout == "chosen")
+    assert isinstance(chosen, WideLayout) == (name in WIDE_CASES and layout != "exact")   # gather: not asked for
     assert chosen.out == _geometry(CASES[name]).output_shape(shape[2:])
     assert chosen.has_extra_columns == (chosen.grid != chosen.out)
 
@@ -176,9 +177,34 @@ def test_wide_col2im_is_the_adjoint_of_wide_im2col(backend, rng, name, batch_inn
     np.testing.assert_allclose(lhs, np.sum(x * as_numpy(folded)), rtol=1e-12)
 
 
+@pytest.mark.parametrize("name", CASES)
+def test_gather_columns_match_im2col_and_their_fold_is_the_adjoint(backend, rng, name, batch_inner):
+    """GatherLayout's one ``take`` gives im2col's columns; its fold (one ``take`` and one ``sum``) is their adjoint."""
+    shape, *_ = CASES[name]
+    geom = _geometry(CASES[name])
+    if geom.is_pointwise:
+        pytest.skip("a pointwise convolution needs no columns")
+    lay = column_layout(geom, shape[2:], batch_inner, gather=True)
+    assert isinstance(lay, GatherLayout)
+    x = rng.standard_normal(shape)
+    xb = backend.asarray(x, dtype="float64")
+    expected = _im2col_loops(x, geom)                                   # (N, C, *kernel, *out)
+    n, c = shape[:2]
+    if batch_inner:
+        expected = _batch_inner(expected, geom.nd).reshape(c, lay.taps, n, lay.length)
+    else:
+        expected = expected.reshape(n, c, lay.taps, lay.length)
+    np.testing.assert_array_equal(as_numpy(lay.columns(xb)), expected)
+    dcols = rng.standard_normal(expected.shape)
+    folded = as_numpy(lay.fold(backend.asarray(dcols, dtype="float64")))
+    assert folded.shape == shape
+    np.testing.assert_allclose(np.sum(expected * dcols), np.sum(x * folded), rtol=1e-12)
+
+
 @pytest.mark.parametrize("keep_cols", [False, True])
 @pytest.mark.parametrize("name", CASES)
 def test_forward_and_backward_match_the_loop_reference(backend, rng, name, keep_cols, layout, batch_inner):
+    """Every layout (the chosen one, im2col's exact one, the gather; per sample or the batch inside the GEMM)."""
     shape, kernel, stride, padding, dilation, groups = CASES[name]
     geom = _geometry(CASES[name])
     o = 2 * groups
@@ -187,15 +213,16 @@ def test_forward_and_backward_match_the_loop_reference(backend, rng, name, keep_
     b = rng.standard_normal(o)
     dy = rng.standard_normal((shape[0], o, *geom.output_shape(shape[2:])))
     xb, wb, bb, dyb = (backend.asarray(a, dtype="float64") for a in (x, w, b, dy))
-    y, cols = conv_forward(xb, wb, bb, geom, keep_cols=keep_cols, batch_inner=batch_inner)
+    policy = {"batch_inner": batch_inner, "gather": layout == "gather"}
+    y, cols = conv_forward(xb, wb, bb, geom, keep_cols=keep_cols, **policy)
     assert (cols is not None) == keep_cols
     np.testing.assert_allclose(as_numpy(y), conv_reference(x, w, b, stride, padding, dilation, groups),
                                rtol=1e-10, atol=1e-12)
-    dx, dw = conv_backward(dyb, xb, wb, geom, cols=cols, batch_inner=batch_inner)
+    dx, dw = conv_backward(dyb, xb, wb, geom, cols=cols, **policy)
     dx_ref, dw_ref, _ = conv_backward_reference(dy, x, w, stride, padding, dilation, groups)
     np.testing.assert_allclose(as_numpy(dx), dx_ref, rtol=1e-10, atol=1e-12)
     np.testing.assert_allclose(as_numpy(dw), dw_ref, rtol=1e-10, atol=1e-12)
-    none, dw2 = conv_backward(dyb, xb, wb, geom, cols=cols, need_input_grad=False, batch_inner=batch_inner)
+    none, dw2 = conv_backward(dyb, xb, wb, geom, cols=cols, need_input_grad=False, **policy)
     assert none is None
     np.testing.assert_array_equal(as_numpy(dw2), as_numpy(dw))
 
@@ -233,9 +260,10 @@ def test_every_numpy_matmul_operand_can_go_to_blas(rng, monkeypatch, name, per_g
     x = rng.standard_normal(shape).astype(np.float32)
     w = rng.standard_normal((o, shape[1] // groups, *kernel)).astype(np.float32)
     dy = rng.standard_normal((shape[0], o, *geom.output_shape(shape[2:]))).astype(np.float32)
-    cols = conv_forward(x, w, None, geom, keep_cols=True, batch_inner=batch_inner)[1]
-    conv_backward(dy, x, w, geom, cols=cols, batch_inner=batch_inner)
-    conv_backward_data(dy, w, geom, shape[2:], max_workspace_bytes=2**15, batch_inner=batch_inner)   # row bands
+    policy = {"batch_inner": batch_inner, "gather": layout == "gather"}
+    cols = conv_forward(x, w, None, geom, keep_cols=True, **policy)[1]
+    conv_backward(dy, x, w, geom, cols=cols, **policy)
+    conv_backward_data(dy, w, geom, shape[2:], max_workspace_bytes=2**15, **policy)   # row bands
     assert seen
     assert [(a.shape, a.strides) for a in seen if not _blas_compatible(a)] == []
 

@@ -8,7 +8,6 @@ The unmarked tests at the end check, on any machine, what happens without a GPU.
 from __future__ import annotations
 
 import contextlib
-import os
 import warnings
 
 import numpy as np
@@ -16,7 +15,7 @@ import pytest
 from array_api_compat import device
 
 import xpconv
-from conftest import CUDA_COUNT, TORCH_CUDA, as_numpy, make_backend
+from conftest import CUDA_COUNT, TORCH_CUDA, as_numpy, f32_tol, make_backend
 from xpconv import backends, nn
 from xpconv import functional as F
 from xpconv.backends import library_of
@@ -29,9 +28,12 @@ GPU_SPECS = [
         pytest.mark.gpu,
         pytest.mark.skipif(not TORCH_CUDA, reason="torch with a usable CUDA device is not available")]),
 ]
-# CuPy's float32 matmul is exact-IEEE unless CUPY_TF32=1 (10-bit mantissa); torch's is by default.
-F32_TOL = 2e-2 if os.environ.get("CUPY_TF32") == "1" else 1e-4
-TOL = {"float64": {"rtol": 1e-9, "atol": 1e-11}, "float32": {"rtol": F32_TOL, "atol": F32_TOL / 10}}
+F64_TOL = {"rtol": 1e-9, "atol": 1e-11}
+
+
+def tol(backend, dtype):
+    """float64: tight; float32: 1e-4, loosened where TF32 is active (conftest.f32_tol)."""
+    return F64_TOL if dtype == "float64" else f32_tol(backend, 1e-4, 1e-5)
 
 
 def _refuse(*args, **kwargs):
@@ -63,7 +65,8 @@ def assert_on(a, ref, backend):
 
 
 def assert_close(gpu_result, numpy_result, dtype):
-    np.testing.assert_allclose(as_numpy(gpu_result), as_numpy(numpy_result), **TOL[dtype])
+    tolerance = tol(backends.Backend.from_array(gpu_result), dtype)
+    np.testing.assert_allclose(as_numpy(gpu_result), as_numpy(numpy_result), **tolerance)
 
 
 @pytest.mark.parametrize("spec", GPU_SPECS)
@@ -142,7 +145,7 @@ def test_model_trains_on_device_and_matches_numpy(spec, dtype, rng, monkeypatch)
         assert_on(out, x, gpu)
     assert_close(logits, ref_logits, dtype)
     assert_close(grad_x, ref_grad_x, dtype)
-    np.testing.assert_allclose(loss, ref_loss, **TOL[dtype])
+    np.testing.assert_allclose(loss, ref_loss, **tol(gpu, dtype))
     ref_params = dict(reference.named_parameters())
     for name, p in model.named_parameters():
         for a in (p.data, p.grad):

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from conftest import HAS_TORCH, as_numpy
+from conftest import HAS_TORCH, as_numpy, f32_tol
 from layer_check import check_layer_gradients, torch_leaf
 from xpconv import nn
 
@@ -153,7 +153,7 @@ def test_sequential_to_moves_every_layer(backend, rng):
     expected = as_numpy(model(x_np))
     model.to(backend)
     assert all(m.backend == backend for m in model.modules())
-    np.testing.assert_allclose(as_numpy(model(backend.asarray(x_np))), expected, rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(as_numpy(model(backend.asarray(x_np))), expected, **f32_tol(backend, 1e-6, 1e-6))
 
 
 # -- Flatten's gradient check, Upsample ---------------------------------------------------------------------

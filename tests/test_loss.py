@@ -9,6 +9,7 @@ import pytest
 from conftest import HAS_TORCH, as_numpy
 from layer_check import numeric_grad, torch_leaf
 from xpconv import nn
+from xpconv.backends import library_of
 
 
 def _labels(backend, values):
@@ -60,10 +61,27 @@ def test_numpy_and_list_labels_are_copied_to_the_logits_backend(backend, rng):
 
 
 @pytest.mark.parametrize("labels", [[0, 1, 3], [-1, 0, 1]])
-def test_rejects_labels_out_of_range(backend, labels):
+def test_rejects_host_labels_out_of_range(backend, labels):
     logits = backend.xp.zeros((3, 3), dtype=backend.xp.float32, device=backend.device)
-    with pytest.raises(ValueError, match=r"labels must lie in \[0, 3\)"):
-        nn.CrossEntropyLoss()(logits, _labels(backend, labels))
+    for host in (labels, np.array(labels)):
+        with pytest.raises(ValueError, match=r"labels must lie in \[0, 3\)"):
+            nn.CrossEntropyLoss()(logits, host)
+
+
+@pytest.mark.parametrize("labels", [[0, 1, 3], [-1, 0, 1]])
+def test_device_labels_out_of_range_give_nan_without_a_host_read(backend, labels):
+    """Labels on the device are not read back: the bad sample's loss is NaN, the others are right."""
+    logits = backend.asarray(np.arange(9.0).reshape(3, 3), dtype="float32")
+    device_labels = backend.asarray(np.array(labels))
+    if library_of(device_labels) == "numpy":
+        pytest.skip("NumPy labels are host labels, checked on the host")
+    per_sample = as_numpy(nn.CrossEntropyLoss(reduction="none")(logits, device_labels))
+    good = [i for i, label in enumerate(labels) if 0 <= label < 3]
+    fixed = [labels[i] if i in good else 0 for i in range(3)]
+    expected = as_numpy(nn.CrossEntropyLoss(reduction="none")(logits, fixed))
+    assert np.isnan(per_sample[[i for i in range(3) if i not in good]]).all()
+    np.testing.assert_allclose(per_sample[good], expected[good], rtol=1e-6)
+    assert np.isnan(nn.CrossEntropyLoss()(logits, device_labels))
 
 
 def test_rejects_float_labels_and_bad_shapes(backend):

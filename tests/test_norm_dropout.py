@@ -12,11 +12,33 @@ needs_torch = pytest.mark.skipif(not HAS_TORCH, reason="torch is not installed")
 
 
 # -- Dropout -------------------------------------------------------------------------------------------
+def test_dropout_masks_are_drawn_on_the_device_reproducibly(backend, monkeypatch):
+    """Masks come from the backend's own generator, on its device (no host draw, no upload), the same for the
+    same seed and after a state restore."""
+    x = backend.asarray(np.ones((4, 64), dtype=np.float32))
+    draws, random = [], type(backend).random
+
+    def spy(self, generator, shape, dtype):
+        draws.append(shape)
+        return random(self, generator, shape, dtype)
+
+    monkeypatch.setattr(type(backend), "random", spy)
+    first = nn.Dropout(0.5, backend=backend, seed=7)
+    state = first.random_state()
+    masks = [as_numpy(first(x)) for _ in range(2)]
+    assert draws == [(4, 64), (4, 64)]
+    assert not np.array_equal(masks[0], masks[1])
+    np.testing.assert_array_equal(as_numpy(nn.Dropout(0.5, backend=backend, seed=7)(x)), masks[0])
+    first.set_random_state(state)
+    np.testing.assert_array_equal(as_numpy(first(x)), masks[0])
+
+
 def test_dropout_gradient_by_finite_differences(backend, rng):
-    layer = nn.Dropout(0.4, backend=backend, dtype="float64")
+    layer = nn.Dropout(0.4, backend=backend, dtype="float64", seed=3)
+    state = layer.random_state()
 
     def replay_mask():
-        layer.rng = np.random.default_rng(3)
+        layer.set_random_state(state)
 
     check_layer_gradients(layer, rng.standard_normal((3, 7)), reset=replay_mask)
 
@@ -38,13 +60,14 @@ def test_dropout_train_zeroes_and_scales_eval_is_identity(backend, rng):
         layer.backward(x)
 
 
-def test_dropout_seed_gives_the_same_masks_on_every_backend(backend):
-    x = np.ones((4, 8), dtype=np.float32)
-    a = nn.Dropout(0.5, backend=backend, seed=11)
-    b = nn.Dropout(0.5, backend="numpy", seed=11)
-    for _ in range(2):
-        np.testing.assert_array_equal(as_numpy(a(backend.asarray(x))), b(x))
-    assert not np.array_equal(b(x), b(x))                                # a new mask each forward
+def test_dropout_masks_differ_between_libraries_but_not_between_runs(backend):
+    """Each library draws with its own generator: the same seed gives other masks on another library
+    (documented), and always the same on this one."""
+    x = np.ones((4, 64), dtype=np.float32)
+    a, b = (nn.Dropout(0.5, backend=backend, seed=11)(backend.asarray(x)) for _ in range(2))
+    np.testing.assert_array_equal(as_numpy(a), as_numpy(b))
+    if backend.name not in ("numpy", "array_api_strict"):                 # these two share NumPy's generator
+        assert not np.array_equal(as_numpy(a), nn.Dropout(0.5, backend="numpy", seed=11)(x))
 
 
 def test_dropout_extreme_p_and_bad_arguments(backend):
@@ -76,7 +99,8 @@ def test_dropout2d_zeroes_whole_channels_with_dropouts_masks(backend, shape):
     x = np.ones(shape, dtype=np.float32)
     layer = nn.Dropout2d(0.5, backend=backend, seed=4)
     y = as_numpy(layer(backend.asarray(x)))
-    keep = np.random.default_rng(4).random((*shape[:-2], 1, 1)) >= 0.5   # Dropout's draw, one per channel
+    channels = backend.asarray(np.ones((*shape[:-2], 1, 1), dtype=np.float32))
+    keep = as_numpy(nn.Dropout(0.5, backend=backend, seed=4)(channels)) > 0   # Dropout's draw, one per channel
     np.testing.assert_array_equal(y, np.broadcast_to(keep * 2.0, shape))
     assert 0 < keep.sum() < keep.size
     np.testing.assert_array_equal(as_numpy(layer.backward(backend.asarray(3 * x))), 3 * y)
@@ -85,10 +109,11 @@ def test_dropout2d_zeroes_whole_channels_with_dropouts_masks(backend, shape):
 
 
 def test_dropout2d_gradient_by_finite_differences(backend, rng):
-    layer = nn.Dropout2d(0.4, backend=backend, dtype="float64")
+    layer = nn.Dropout2d(0.4, backend=backend, dtype="float64", seed=5)
+    state = layer.random_state()
 
     def replay_mask():
-        layer.rng = np.random.default_rng(5)
+        layer.set_random_state(state)
 
     check_layer_gradients(layer, rng.standard_normal((2, 3, 2, 2)), reset=replay_mask)
 

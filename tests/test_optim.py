@@ -400,3 +400,22 @@ def test_clip_grad_norm_nonfinite_and_errors(backend):
         clip_grad_norm_(p, 1.0, norm_type="fro")
     with pytest.raises(TypeError, match="Parameters"):
         clip_grad_norm_([np.zeros(2)], 1.0)
+
+
+@pytest.mark.parametrize("make", [lambda p: SGD(p, lr=0.1, momentum=0.9),
+                                  lambda p: Adam(p, lr=0.1, weight_decay=0.1, decoupled_weight_decay=True)])
+def test_updates_leave_the_users_array_and_then_work_in_place(backend, make):
+    """The first step makes a new array (the one handed in is kept); later steps change that one in place."""
+    handed = backend.asarray(np.array([1.0, -2.0, 3.0]))
+    p = Parameter(handed)
+    optimizer = make([p])
+    p.grad = backend.asarray(np.array([0.5, 0.5, -1.0]))
+    optimizer.step()
+    np.testing.assert_array_equal(as_numpy(handed), [1.0, -2.0, 3.0])
+    made = p.data
+    optimizer.step()
+    assert p.data is made
+    p.data = backend.asarray(np.array([1.0, 1.0, 1.0]))     # replaced from outside (e.g. load_state_dict)
+    replaced = p.data
+    optimizer.step()
+    assert p.data is not replaced and as_numpy(replaced).tolist() == [1.0, 1.0, 1.0]

@@ -7,7 +7,7 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import HAS_TORCH
+from conftest import HAS_TORCH, f32_tol
 from test_data import _mnist_arrays, _write_idx_dir
 from xpconv.cli import main
 from xpconv.data import load_dataset
@@ -51,9 +51,10 @@ def test_first_steps_agree_across_backends(backend, digits64, optimizer):
     """Four float32 training steps from the same seed: every backend follows NumPy within float32 tolerance."""
     reference, ref_history = _fit("numpy", digits64, optimizer)
     model, history = _fit(backend, digits64, optimizer)
-    np.testing.assert_allclose(history.train_loss, ref_history.train_loss, rtol=1e-5)
+    np.testing.assert_allclose(history.train_loss, ref_history.train_loss, **f32_tol(backend, 1e-5))
     for key, value in reference.state_dict().items():
-        np.testing.assert_allclose(model.state_dict()[key], value, rtol=1e-4, atol=1e-5, err_msg=key)
+        np.testing.assert_allclose(model.state_dict()[key], value, **f32_tol(backend, 1e-4, 1e-5),
+                                   err_msg=key)
 
 
 def test_fit_returns_a_history_that_plot_curves_draws(digits64, tmp_path):

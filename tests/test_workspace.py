@@ -113,6 +113,8 @@ def test_chunked_results_match_on_every_backend(backend, rng, name):
 
 
 def _peak_bytes(fn) -> int:
+    """Bytes ``fn`` allocates at its peak, after one untimed call (lazy imports and caches of a first call)."""
+    fn()
     tracemalloc.start()
     try:
         tracemalloc.reset_peak()
@@ -123,7 +125,8 @@ def _peak_bytes(fn) -> int:
         tracemalloc.stop()
 
 
-def test_the_cap_bounds_the_memory_forward_and_backward_allocate(rng, batch_inner):
+@pytest.mark.parametrize("gather", [False, True], ids=["slices", "gather"])
+def test_the_cap_bounds_the_memory_forward_and_backward_allocate(rng, batch_inner, gather):
     """With a 2 MiB cap, forward allocates at most y + cap, backward dx + dW + cap (+ 64 KiB slack),
     although the full im2col buffer of this layer is 18 MiB."""
     x = rng.standard_normal((32, 16, 32, 32)).astype(np.float32)
@@ -132,7 +135,7 @@ def test_the_cap_bounds_the_memory_forward_and_backward_allocate(rng, batch_inne
     geom = ConvGeometry((3, 3), (1, 1), ((1, 1), (1, 1)), (1, 1))
     cap, slack = 2 * 2**20, 2**16
     assert 32 * _per_sample_cols_bytes(x, geom) > 8 * cap
-    kw = {"batch_inner": batch_inner}
+    kw = {"batch_inner": batch_inner, "gather": gather}
     assert _peak_bytes(lambda: conv_forward(x, w, None, geom, max_workspace_bytes=cap, **kw)) <= dy.nbytes + cap + slack
     peak = _peak_bytes(lambda: conv_backward(dy, x, w, geom, max_workspace_bytes=cap, **kw))
     assert peak <= x.nbytes + w.nbytes + cap + slack
@@ -158,3 +161,30 @@ def test_inputs_are_not_modified_when_chunked(rng):
         conv_backward(dy, x, w, geom, max_workspace_bytes=cap)
     for a, a0 in zip((x, w, b, dy), saved, strict=True):
         assert np.array_equal(a, a0)
+
+
+def test_gpu_default_cap_follows_free_memory_and_explicit_caps_stay(monkeypatch):
+    """On a GPU the default 256 MiB grows to half the memory limit; on the CPU, and for any explicit cap, no."""
+    from xpconv._ops import DEFAULT_MAX_WORKSPACE_BYTES, engine_policy, memory_limit
+    from xpconv.backends import NumpyBackend, get_backend
+
+    def budget(backend, cap):
+        policy = engine_policy(backend, cap)
+        return policy["max_workspace_bytes"], policy["memory_limit"]
+
+    free = 40 * 2**30
+    monkeypatch.setattr(NumpyBackend, "free_memory_bytes", lambda self: free)
+    cpu = get_backend("numpy")
+    limit = memory_limit(cpu)
+    assert limit == int(0.9 * free)
+    assert budget(cpu, DEFAULT_MAX_WORKSPACE_BYTES) == (DEFAULT_MAX_WORKSPACE_BYTES, limit)
+    assert engine_policy(cpu, None)["batch_inner"] is False                     # the CPU's GEMM and column policies
+    assert engine_policy(cpu, None)["gather"] is False
+    monkeypatch.setattr(NumpyBackend, "is_gpu", property(lambda self: True))    # a GPU as far as the op layer sees
+    assert budget(cpu, DEFAULT_MAX_WORKSPACE_BYTES) == (limit // 2, limit)
+    assert budget(cpu, 2**20) == (2**20, limit)
+    assert budget(cpu, None) == (None, limit)
+    assert engine_policy(cpu, None)["batch_inner"] is True
+    assert engine_policy(cpu, None)["gather"] is True
+    free = 100 * 2**20                                        # little free memory: never below the default
+    assert budget(cpu, DEFAULT_MAX_WORKSPACE_BYTES)[0] == DEFAULT_MAX_WORKSPACE_BYTES

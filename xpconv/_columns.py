@@ -28,12 +28,13 @@ import math
 from dataclasses import dataclass, replace
 from functools import lru_cache
 
+import numpy as np
 from array_api_compat import array_namespace, device
 
 from ._geometry import ConvGeometry
 
-__all__ = ["ExactLayout", "WideLayout", "column_layout", "im2col", "col2im", "col2im_into", "wide_im2col",
-           "wide_col2im", "WIDE_MAX_OVERHEAD"]
+__all__ = ["ExactLayout", "WideLayout", "GatherLayout", "Layout", "column_layout", "im2col", "col2im", "col2im_into",
+           "wide_im2col", "wide_col2im", "WIDE_MAX_OVERHEAD"]
 
 # Wide columns are used while they hold at most 1.5x the exact ones: measured faster on the suite's
 # stride-1 layers (1.06x-1.27x extra) and on small 2-D/3-D ones up to 1.5x; a 7x7 kernel on 7x7 (1.86x) was slower.
@@ -194,17 +195,110 @@ class WideLayout(_Layout):
         return self.padded
 
 
-def column_layout(geom: ConvGeometry, spatial, batch_inner: bool = False) -> ExactLayout | WideLayout:
-    """The wide layout for stride-1 convolutions that need an im2col, when its extra columns cost at most
-    ``WIDE_MAX_OVERHEAD`` times the exact ones; else im2col's exact layout.  ``batch_inner``: see the module."""
-    return _column_layout(geom, tuple(spatial), WIDE_MAX_OVERHEAD, batch_inner)
+@dataclass(frozen=True)
+class GatherLayout(_Layout):
+    """im2col as one gather: the columns are ``take(flat, indices)`` of the flattened padded input, and their
+    fold is its adjoint, one ``take`` of the column gradient (plus a zero) at the at most K columns that read
+    each input element, and one ``sum``.  Three array operations each way whatever the kernel, where the slice
+    copies take one per kernel tap: the layout of a device where every operation is a kernel launch.
+    """
+
+    padded: tuple[int, ...]
+
+    def columns(self, x):
+        """x (m, C, *spatial) -> (C, K, m, length), or per sample (m, C, K, length)."""
+        xp = array_namespace(x)
+        m, c = x.shape[:2]
+        flat = _pad(x, self.geom, self.padded, self.batch_inner)
+        if self.batch_inner:
+            cols = xp.take(xp.reshape(flat, (c, -1)), self._indices(x, m)[0], axis=1)
+            return xp.reshape(cols, (c, self.taps, m, self.length))
+        cols = xp.take(xp.reshape(flat, (m, c, -1)), self._indices(x, 1)[0], axis=2)
+        return xp.reshape(cols, (m, c, self.taps, self.length))
+
+    def columns_elements(self, channels: int) -> int:
+        """Elements :meth:`columns` allocates per sample: the padded copy of x and the columns."""
+        return channels * (self.taps * self.length + math.prod(self.padded))
+
+    def fold_elements(self, channels: int) -> int:
+        """Elements the fold allocates per sample: the gradient with its zero, the gathered terms (at most K
+        per input element) and their sum."""
+        return channels * (2 * self.taps * self.length + (self.taps + 1) * math.prod(self.padded) + 1)
+
+    def fold(self, dcols):
+        """dcols (C, K, m, length), or (m, C, K, length), -> dL/dx (m, C, *spatial), a view."""
+        xp = array_namespace(dcols)
+        m = dcols.shape[2] if self.batch_inner else dcols.shape[0]
+        lead = (dcols.shape[0],) if self.batch_inner else dcols.shape[:2]      # (C,) or (m, C)
+        flat = xp.reshape(dcols, (*lead, -1))
+        flat = xp.concat([flat, xp.zeros((*lead, 1), dtype=dcols.dtype, device=device(dcols))], axis=-1)
+        _, inverse = self._indices(dcols, m if self.batch_inner else 1)
+        terms = xp.take(flat, xp.reshape(inverse, (-1,)), axis=len(lead))
+        dx = xp.sum(xp.reshape(terms, (*lead, *inverse.shape)), axis=-1)     # (C, m*P) or (m, C, P)
+        if self.batch_inner:
+            dx = _swap01(xp, xp.reshape(dx, (lead[0], m, *self.padded)))
+        else:
+            dx = xp.reshape(dx, (*lead, *self.padded))
+        return dx[(*_ALL2, *self.geom.interior(self.spatial))]
+
+    def _indices(self, a, m: int):
+        """(gather indices (K * m * length,), inverse (m * P, R)) on ``a``'s device, for ``m`` samples (1: per
+        sample); the inverse lists the at most R <= K column entries that read each padded element, padded with
+        the index of the appended zero."""
+        return _device_indices(self, m, array_namespace(a), device(a))
+
+
+@lru_cache(maxsize=64)
+def _device_indices(layout: GatherLayout, m: int, xp, dev):
+    gather, inverse = _gather_maps(layout.geom, layout.spatial, m)
+    return (xp.asarray(gather, device=dev), xp.asarray(inverse, device=dev))
+
+
+@lru_cache(maxsize=64)
+def _gather_maps(geom: ConvGeometry, spatial: tuple[int, ...], m: int) -> tuple[np.ndarray, np.ndarray]:
+    """The host index maps of :class:`GatherLayout` (int64): tap t, sample n, output l reads the flattened
+    padded input at ``n * P + sum_d (o_d * stride_d + k_d * dilation_d) * S_d``."""
+    padded, out = geom.padded_shape(spatial), geom.output_shape(spatial)
+    nd = geom.nd
+    index = np.zeros((1,) * 2 * nd, dtype=np.int64)
+    for d in range(nd):
+        taps = np.arange(geom.kernel[d]) * geom.dilation[d]
+        outs = np.arange(out[d]) * geom.stride[d]
+        shape = [1] * 2 * nd
+        shape[d], shape[nd + d] = geom.kernel[d], 1
+        pos = taps.reshape(shape) + outs.reshape([1] * nd + [out[d] if i == d else 1 for i in range(nd)])
+        index = index + pos * math.prod(padded[d + 1:])
+    index = index.reshape(math.prod(geom.kernel), 1, math.prod(out))                       # (K, 1, L)
+    size = math.prod(padded)
+    gather = (index + (np.arange(m) * size).reshape(1, m, 1)).reshape(-1)                 # (K * m * L,)
+    order = np.argsort(gather, kind="stable")
+    counts = np.bincount(gather, minlength=m * size)
+    rank = np.arange(gather.size) - np.repeat(np.cumsum(counts) - counts, counts)
+    inverse = np.full((m * size, max(int(counts.max()), 1)), gather.size, dtype=np.int64)
+    inverse[gather[order], rank] = order
+    return gather, inverse
+
+
+Layout = ExactLayout | WideLayout | GatherLayout
+
+
+def column_layout(geom: ConvGeometry, spatial, batch_inner: bool = False, gather: bool = False) -> Layout:
+    """The columns' layout: with ``gather`` (a device policy) :class:`GatherLayout` wherever an im2col is needed;
+    else the wide layout for stride-1 convolutions, when its extra columns cost at most ``WIDE_MAX_OVERHEAD``
+    times the exact ones, and im2col's exact layout otherwise.  ``batch_inner``: see the module."""
+    return _column_layout(geom, tuple(spatial), WIDE_MAX_OVERHEAD, batch_inner, gather)
 
 
 @lru_cache(maxsize=256)
-def _column_layout(geom: ConvGeometry, spatial: tuple[int, ...], max_overhead: float, batch_inner: bool):
+def _column_layout(geom: ConvGeometry, spatial: tuple[int, ...], max_overhead: float, batch_inner: bool,
+                   gather: bool):
     out = geom.output_shape(spatial)
     exact = ExactLayout(geom, spatial, out, out, batch_inner)
-    if geom.is_pointwise or any(s != 1 for s in geom.stride):
+    if geom.is_pointwise:
+        return exact
+    if gather:
+        return GatherLayout(geom, spatial, out, out, batch_inner, geom.padded_shape(spatial))
+    if any(s != 1 for s in geom.stride):
         return exact
     padded = geom.padded_shape(spatial)
     grid = (out[0], *padded[1:])

@@ -53,7 +53,8 @@ DOCS = {
             batch is processed in chunks whose workspace stays under it, and a sample over it in bands of
             output rows.  None: the whole batch in one chunk.  y and dL/dx do not depend on it (to the
             last bit on NumPy while the GEMMs take the same BLAS kernel), dL/dW to rounding (see
-            docs/layers.md).  Raises ValueError when one output row alone needs more.
+            docs/layers.md).  Raises ValueError when one output row alone needs more.  On a GPU the
+            default grows to half the memory the device has free (docs/gpu.md).
         """,
     # -- the convolution's hyper-parameters (xpconv.conv*d and nn.Conv*d) --
     "conv_hyper": """

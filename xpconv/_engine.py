@@ -39,7 +39,7 @@ from dataclasses import dataclass, replace
 
 from array_api_compat import array_namespace, device
 
-from ._columns import ExactLayout, WideLayout, column_layout
+from ._columns import ExactLayout, Layout, column_layout
 from ._geometry import ConvGeometry
 from ._typing import Array
 from .validation import positive_int
@@ -92,7 +92,7 @@ class _Unit:
     input rows ``inputs`` (halo included), as the convolution ``layout`` of those rows."""
 
     batch: slice
-    layout: ExactLayout | WideLayout
+    layout: Layout
     rows: slice | None = None           # None: the whole sample
     inputs: slice | None = None
 
@@ -131,7 +131,7 @@ def row_bands(geom: ConvGeometry, spatial: Sequence[int], rows: int,
 
 
 def _units(what: str, x_shape: tuple[int, ...], w_shape: tuple[int, ...], geom: ConvGeometry,
-           layout: ExactLayout | WideLayout, itemsize: int, per_sample: int, band_cost: tuple[int, int, bool],
+           layout: Layout, itemsize: int, per_sample: int, band_cost: tuple[int, int, bool],
            max_workspace_bytes: int | None, cache_chunk_bytes: int | None, memory_limit: int | None) -> list[_Unit]:
     """The units of a pass over x (N, C, *spatial) and their check against the cap and the memory limit.
 
@@ -175,7 +175,7 @@ def _itemsize(a: Array) -> int:
     return array_namespace(a).finfo(a.dtype).bits // 8
 
 
-def _row_elements(layout: ExactLayout | WideLayout) -> int:
+def _row_elements(layout: Layout) -> int:
     """Output positions per row of the first spatial axis."""
     return math.prod(layout.out[1:])
 
@@ -183,7 +183,7 @@ def _row_elements(layout: ExactLayout | WideLayout) -> int:
 # -- the passes ---------------------------------------------------------------------------------------
 def conv_forward(x: Array, weight: Array, bias: Array | None, geom: ConvGeometry, *,
                  max_workspace_bytes: int | None = DEFAULT_MAX_WORKSPACE_BYTES, cache_chunk_bytes: int | None = None,
-                 batch_inner: bool = False, keep_cols: bool = False,
+                 batch_inner: bool = False, gather: bool = False, keep_cols: bool = False,
                  memory_limit: int | None = None) -> tuple[Array, Array | None]:
     """y = W · cols(x) + b, one GEMM per unit (chunk of the batch or row band).
 
@@ -194,7 +194,7 @@ def conv_forward(x: Array, weight: Array, bias: Array | None, geom: ConvGeometry
     xp = array_namespace(x, weight)
     n, c, *spatial = x.shape
     o, g = weight.shape[0], geom.groups
-    layout = column_layout(geom, spatial, batch_inner)
+    layout = column_layout(geom, spatial, batch_inner, gather)
     w3 = xp.reshape(weight, (g, o // g, (c // g) * layout.taps))               # (G, O/G, Cg*K)
     per_sample = layout.columns_elements(c) + o * layout.length
     row = _row_elements(layout)
@@ -222,7 +222,7 @@ def conv_forward(x: Array, weight: Array, bias: Array | None, geom: ConvGeometry
 
 def conv_backward(grad_output: Array, x: Array, weight: Array, geom: ConvGeometry, *, cols: Array | None = None,
                   need_input_grad: bool = True, max_workspace_bytes: int | None = DEFAULT_MAX_WORKSPACE_BYTES,
-                  cache_chunk_bytes: int | None = None, batch_inner: bool = False,
+                  cache_chunk_bytes: int | None = None, batch_inner: bool = False, gather: bool = False,
                   memory_limit: int | None = None) -> tuple[Array | None, Array]:
     """(dL/dx or None, dL/dW) for y = conv(x, W); ``cols`` is forward's GEMM operand when kept.
 
@@ -238,7 +238,7 @@ def conv_backward(grad_output: Array, x: Array, weight: Array, geom: ConvGeometr
     xp = array_namespace(grad_output, x, weight)
     _, c, *spatial = x.shape
     o, g = weight.shape[0], geom.groups
-    layout = column_layout(geom, spatial, batch_inner)
+    layout = column_layout(geom, spatial, batch_inner, gather)
     ck = (c // g) * layout.taps
     w3 = xp.reshape(weight, (g, o // g, ck))
     as_conv = data_grad_geometry(geom, o, c) is not None
@@ -247,7 +247,7 @@ def conv_backward(grad_output: Array, x: Array, weight: Array, geom: ConvGeometr
     if need_input_grad and as_conv:
         grad_input = conv_backward_data(grad_output, weight, geom, spatial, max_workspace_bytes=max_workspace_bytes,
                                         cache_chunk_bytes=cache_chunk_bytes, batch_inner=batch_inner,
-                                        memory_limit=memory_limit)
+                                        gather=gather, memory_limit=memory_limit)
     row = _row_elements(layout)
     band_per_row = (c * layout.taps * (2 if fold_here else 1) + o) * row      # cols, dcols, dY's copy
 
@@ -290,7 +290,7 @@ def conv_backward(grad_output: Array, x: Array, weight: Array, geom: ConvGeometr
 
 def conv_backward_data(grad_output: Array, weight: Array, geom: ConvGeometry, spatial: Sequence[int], *,
                        max_workspace_bytes: int | None = DEFAULT_MAX_WORKSPACE_BYTES,
-                       cache_chunk_bytes: int | None = None, batch_inner: bool = False,
+                       cache_chunk_bytes: int | None = None, batch_inner: bool = False, gather: bool = False,
                        memory_limit: int | None = None) -> Array:
     """dL/dx (N, C, *spatial) of y = conv(x, W) from dL/dy (N, O, *out): also a transposed convolution's forward.
 
@@ -305,8 +305,8 @@ def conv_backward_data(grad_output: Array, weight: Array, geom: ConvGeometry, sp
     if as_conv is not None:
         return conv_forward(grad_output, flipped_transposed_weight(weight, g), None, as_conv,
                             max_workspace_bytes=max_workspace_bytes, cache_chunk_bytes=cache_chunk_bytes,
-                            batch_inner=batch_inner, memory_limit=memory_limit)[0]
-    layout = column_layout(geom, spatial, batch_inner)
+                            batch_inner=batch_inner, gather=gather, memory_limit=memory_limit)[0]
+    layout = column_layout(geom, spatial, batch_inner, gather)
     w3 = xp.reshape(weight, (g, o // g, (c // g) * layout.taps))
     per_sample = layout.fold_elements(c) + layout.output_copy_elements(o)    # dcols and their fold, dY's copy
     x_shape = (n, c, *spatial)

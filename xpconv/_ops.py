@@ -39,7 +39,7 @@ from .validation import check_real
 __all__ = ["ConvContext", "namespace_of", "ConvSpec", "prepare", "conv", "conv_grads", "conv_transpose",
            "conv_transpose_grads", "conv_transpose_output_shape", "unfold", "fold", "DEFAULT_MAX_WORKSPACE_BYTES",
            "DEFAULT_MAX_MEMORY_FRACTION", "SUPPORTED_DTYPES", "check_max_workspace_bytes", "max_memory_fraction",
-           "memory_limit"]
+           "memory_limit", "engine_policy"]
 
 SUPPORTED_DTYPES = ("float32", "float64")
 DEFAULT_MAX_MEMORY_FRACTION = 0.9
@@ -65,11 +65,19 @@ def memory_limit(backend: Backend) -> int | None:
     return None if free is None else int(max_memory_fraction() * free)
 
 
-def engine_policy(backend: Backend) -> dict[str, Any]:
-    """The engine's keyword arguments that depend on ``backend``: its chunking and GEMM policies and the
-    free-memory guard (see :class:`~xpconv.backends.Backend`)."""
-    return {"cache_chunk_bytes": backend.cache_chunk_bytes, "batch_inner": backend.batch_inner_gemm,
-            "memory_limit": memory_limit(backend)}
+def engine_policy(backend: Backend, max_workspace_bytes: int | None) -> dict[str, Any]:
+    """The engine's keyword arguments for one call on ``backend``: the workspace cap, the chunking, GEMM and
+    column policies and the free-memory guard (see :class:`~xpconv.backends.Backend`).
+
+    The default cap, 256 MiB, is a CPU figure; on a GPU, where fewer, larger chunks mean fewer launches, it
+    grows to half the :func:`memory_limit` (the device's free memory, times :func:`max_memory_fraction`), so a
+    benchmark batch of 128 is not split.  An explicit cap (another value, or None) is kept as given.
+    """
+    limit = memory_limit(backend)
+    if backend.is_gpu and max_workspace_bytes == DEFAULT_MAX_WORKSPACE_BYTES and limit is not None:
+        max_workspace_bytes = max(DEFAULT_MAX_WORKSPACE_BYTES, limit // 2)
+    return {"max_workspace_bytes": max_workspace_bytes, "cache_chunk_bytes": backend.cache_chunk_bytes,
+            "batch_inner": backend.batch_inner_gemm, "gather": backend.gather_columns, "memory_limit": limit}
 
 
 def namespace_of(*arrays: Array | None, names: Sequence[str] | None = None) -> Any:
@@ -217,9 +225,10 @@ def conv(x: Array, weight: Array, bias: Array | None, geom: ConvGeometry | ConvS
     """Validated forward pass: (y in the caller's layout, the :class:`ConvContext` backward needs)."""
     check_max_workspace_bytes(max_workspace_bytes)
     ctx = prepare(x, weight, bias, geom, channels_last=channels_last)
-    y, ctx.cols = conv_forward(ctx.x, ctx.weight, bias, ctx.geom, max_workspace_bytes=max_workspace_bytes,
-                               keep_cols=keep_cols, **engine_policy(ctx.backend))
-    return _finish(ctx.xp, y, ctx.batched, channels_last), ctx
+    with ctx.backend.activate():                     # the functional API too allocates on the inputs' device
+        y, ctx.cols = conv_forward(ctx.x, ctx.weight, bias, ctx.geom, keep_cols=keep_cols,
+                                   **engine_policy(ctx.backend, max_workspace_bytes))
+        return _finish(ctx.xp, y, ctx.batched, channels_last), ctx
 
 
 def conv_grads(ctx: ConvContext, grad_output: Array, *, max_workspace_bytes: int | None = DEFAULT_MAX_WORKSPACE_BYTES,
@@ -236,14 +245,14 @@ def conv_grads(ctx: ConvContext, grad_output: Array, *, max_workspace_bytes: int
             expected.append(expected.pop(-nd - 1))
         raise ValueError(f"grad_output must have the output's shape {tuple(expected)}, "
                          f"got {tuple(grad_output.shape)}")
-    grad_x, grad_w = conv_backward(dy, ctx.x, ctx.weight, ctx.geom, cols=ctx.cols,
-                                   need_input_grad=need_input_grad, max_workspace_bytes=max_workspace_bytes,
-                                   **engine_policy(ctx.backend))
-    grad_b = xp.sum(dy, axis=(0, *range(2, dy.ndim)))
-    grad_w = _from_channels_first(xp, grad_w, ctx.channels_last)
-    if grad_x is not None:
-        grad_x = _finish(xp, grad_x, ctx.batched, ctx.channels_last)
-    return grad_x, grad_w, grad_b
+    with ctx.backend.activate():
+        grad_x, grad_w = conv_backward(dy, ctx.x, ctx.weight, ctx.geom, cols=ctx.cols, need_input_grad=need_input_grad,
+                                       **engine_policy(ctx.backend, max_workspace_bytes))
+        grad_b = xp.sum(dy, axis=(0, *range(2, dy.ndim)))
+        grad_w = _from_channels_first(xp, grad_w, ctx.channels_last)
+        if grad_x is not None:
+            grad_x = _finish(xp, grad_x, ctx.batched, ctx.channels_last)
+        return grad_x, grad_w, grad_b
 
 
 # -- the transposed convolution: the convolution's data gradient used as a forward --------------------
@@ -291,15 +300,16 @@ def conv_transpose(x: Array, weight: Array, bias: Array | None, geom: ConvGeomet
     if any(n < 1 for n in core):
         raise ValueError(f"input {tuple(x.shape[2:])} gives an empty output {out} (without the output padding "
                          f"beyond the kernel's reach: {core}) with padding {geom.padding}")
-    y = conv_backward_data(x, weight, assoc, core, max_workspace_bytes=max_workspace_bytes,
-                           **engine_policy(Backend.from_array(x)))
-    if any(extra):
-        full = xp.zeros((*y.shape[:2], *out), dtype=y.dtype, device=device(y))
-        full[(slice(None), slice(None), *(slice(0, n) for n in core))] = y
-        y = full
-    if bias is not None:
-        y = y + xp.reshape(bias, (1, -1) + (1,) * nd)
-    return y
+    backend = Backend.from_array(x)
+    with backend.activate():
+        y = conv_backward_data(x, weight, assoc, core, **engine_policy(backend, max_workspace_bytes))
+        if any(extra):
+            full = xp.zeros((*y.shape[:2], *out), dtype=y.dtype, device=device(y))
+            full[(slice(None), slice(None), *(slice(0, n) for n in core))] = y
+            y = full
+        if bias is not None:
+            y = y + xp.reshape(bias, (1, -1) + (1,) * nd)
+        return y
 
 
 def conv_transpose_grads(x: Array, weight: Array, geom: ConvGeometry, output_padding: Sequence[int],
@@ -318,12 +328,13 @@ def conv_transpose_grads(x: Array, weight: Array, geom: ConvGeometry, output_pad
         raise ValueError(f"grad_output must have the output's shape {expected}, got {tuple(grad_output.shape)}")
     assoc, extra = _associated(geom, output_padding)
     dy = _core(grad_output, extra) if any(extra) else grad_output
-    policy = engine_policy(Backend.from_array(x))
-    grad_x, cols = conv_forward(dy, weight, None, assoc, keep_cols=True, max_workspace_bytes=max_workspace_bytes,
-                                **policy)
-    _, grad_w = conv_backward(grad_output=x, x=dy, weight=weight, geom=assoc, cols=cols, need_input_grad=False,
-                              max_workspace_bytes=max_workspace_bytes, **policy)
-    return grad_x, grad_w, xp.sum(grad_output, axis=(0, *range(2, grad_output.ndim)))
+    backend = Backend.from_array(x)
+    policy = engine_policy(backend, max_workspace_bytes)
+    with backend.activate():
+        grad_x, cols = conv_forward(dy, weight, None, assoc, keep_cols=True, **policy)
+        _, grad_w = conv_backward(grad_output=x, x=dy, weight=weight, geom=assoc, cols=cols, need_input_grad=False,
+                                  **policy)
+        return grad_x, grad_w, xp.sum(grad_output, axis=(0, *range(2, grad_output.ndim)))
 
 
 # -- windows, for pooling ---------------------------------------------------------------------------

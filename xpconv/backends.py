@@ -11,13 +11,16 @@ asks a :class:`Backend` (or :func:`library_of`, which dispatches with array-api-
 """
 from __future__ import annotations
 
+import contextlib
 import gc
 import importlib
 import os
 import time
 import tracemalloc
 import warnings
+from collections import deque
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from types import ModuleType
 from typing import Any, ClassVar
@@ -46,6 +49,7 @@ __all__ = [
     "get_backend",
     "get_default_backend",
     "gpu_name",
+    "is_host_data",
     "library_of",
     "set_default_backend",
     "to_numpy",
@@ -102,6 +106,43 @@ class Backend:
         of one per sample), or one GEMM per sample (the CPU, where that measured faster: docs/benchmarks.md)."""
         return self.is_gpu
 
+    @property
+    def gather_columns(self) -> bool:
+        """The engine's column policy: im2col and its fold as one gather each (a GPU: a few kernel launches
+        instead of one per kernel tap), or strided slice copies (the CPU, where the gather measured no faster
+        and its fold 3.7x slower: docs/gpu.md)."""
+        return self.is_gpu
+
+    def activate(self) -> AbstractContextManager[Any]:
+        """A context under which the library allocates and launches on this backend's device.
+
+        Every op of a layer, loss, optimizer and training step runs under it: CuPy (and array-api-compat's
+        creation functions, which ignore ``device=`` for CuPy) allocate on the *current* GPU, so without it a
+        layer on GPU 1 would put its buffers on GPU 0.  CuPy: ``cupy.cuda.Device(i)``; torch on CUDA:
+        ``torch.cuda.device(i)``; nothing to select on the CPU.  Contexts nest.
+        """
+        return contextlib.nullcontext()
+
+    # -- random numbers ----------------------------------------------------------------------------
+    def generator(self, seed: int | None) -> Any:
+        """A seeded random generator of this library, drawing on this device (None: fresh entropy).
+
+        One seed gives the same draws on the same backend; different libraries draw different numbers.
+        """
+        return np.random.default_rng(seed)
+
+    def random(self, generator: Any, shape: tuple[int, ...], dtype: Any) -> Array:
+        """Uniform numbers in [0, 1) of ``shape`` and floating ``dtype``, drawn on the device from ``generator``."""
+        return self.asarray(generator.random(shape), dtype=dtype)
+
+    def generator_state(self, generator: Any) -> Any:
+        """The state of ``generator`` as plain JSON values (for checkpoints)."""
+        return generator.bit_generator.state
+
+    def set_generator_state(self, generator: Any, state: Any) -> None:
+        """Restore a state :meth:`generator_state` returned."""
+        generator.bit_generator.state = state
+
     # -- arrays ------------------------------------------------------------------------------------
     def asarray(self, x: Any, dtype: Any = None, *, copy: bool | None = None) -> Array:
         """``x`` (any array, list or scalar) as an array of this backend, on its device.
@@ -117,9 +158,10 @@ class Backend:
         """
         if isinstance(dtype, str):
             dtype = self.dtype(dtype)
-        if library_of(x) not in (None, self.name):
-            x = self._from_other_library(x)
-        return self.xp.asarray(x, dtype=dtype, device=self.device, copy=copy)
+        with self.activate():
+            if library_of(x) not in (None, self.name):
+                x = self._from_other_library(x)
+            return self.xp.asarray(x, dtype=dtype, device=self.device, copy=copy)
 
     @property
     def dlpack_device(self) -> tuple[int, int]:
@@ -146,6 +188,15 @@ class Backend:
             return self.xp.from_dlpack(x)
         except (BufferError, RuntimeError, TypeError, ValueError):
             return to_numpy(x)                  # refused (a torch tensor that requires grad): a copy
+
+    def upload(self, x: np.ndarray, dtype: Any = None) -> Array:
+        """A host batch ``x`` on the device, copied without making the host wait where the library allows.
+
+        CPU backends: :meth:`asarray`.  On a GPU the copy is queued on the current stream from pinned
+        (page-locked) host memory, so it overlaps the work queued before it; the caller must not change
+        ``x`` afterwards (the data loader hands in a fresh batch every time).
+        """
+        return self.asarray(x, dtype)
 
     def dtype(self, name: Any) -> Any:
         """The floating dtype called ``name`` ("float32"/"float64") in this namespace."""
@@ -265,6 +316,49 @@ class CupyBackend(Backend):
     def to_numpy(x: Array) -> np.ndarray:
         return x.get()
 
+    def activate(self) -> AbstractContextManager[Any]:
+        return self.device                          # cupy.cuda.Device is a (nesting) context manager
+
+    def generator(self, seed: int | None) -> Any:
+        """CuPy's generators keep their state on the device, out of a checkpoint's reach, so this one is
+        counter-based: draw ``k`` reseeds a ``cupy.random.RandomState`` from ``(seed, k)``."""
+        import cupy
+
+        with self.device:
+            entropy = np.random.SeedSequence(seed).entropy        # the seed itself, or fresh entropy for None
+            return _CountedGenerator(int(entropy), 0, cupy.random.RandomState())  # type: ignore[arg-type]
+
+    def random(self, generator: Any, shape: tuple[int, ...], dtype: Any) -> Array:
+        seed = np.random.SeedSequence([generator.seed, generator.draws]).generate_state(1, np.uint32)[0]
+        generator.draws += 1
+        with self.device:
+            generator.source.seed(int(seed))
+            return generator.source.random_sample(shape, dtype=dtype)
+
+    def generator_state(self, generator: Any) -> Any:
+        return {"seed": int(generator.seed), "draws": generator.draws}
+
+    def set_generator_state(self, generator: Any, state: Any) -> None:
+        generator.seed, generator.draws = int(state["seed"]), int(state["draws"])
+
+    def upload(self, x: np.ndarray, dtype: Any = None) -> Array:
+        """Through a pinned host buffer, copied on the current stream without waiting; the buffer is kept
+        until the copy is done."""
+        import cupy
+        import cupyx
+
+        host = np.ascontiguousarray(x)
+        with self.device:
+            pinned = cupyx.empty_pinned(host.shape, host.dtype)
+            pinned[...] = host
+            out = cupy.empty(host.shape, dtype=host.dtype)
+            stream = cupy.cuda.get_current_stream()
+            out.set(pinned, stream=stream)
+            _PENDING.append((stream.record(), pinned))
+            while _PENDING and _PENDING[0][0].done:
+                _PENDING.popleft()
+            return out if dtype is None else self.xp.astype(out, self.dtype(dtype))
+
     def synchronize(self) -> None:
         self.device.synchronize()
 
@@ -272,7 +366,8 @@ class CupyBackend(Backend):
         """GPU seconds per call, from CUDA events around each call (``cupyx.profiler.benchmark``)."""
         from cupyx.profiler import benchmark
 
-        result = benchmark(fn, n_repeat=repeats, n_warmup=warmup, devices=(self.device.id,))
+        with self.device:
+            result = benchmark(fn, n_repeat=repeats, n_warmup=warmup, devices=(self.device.id,))
         return [float(t) for t in result.gpu_times[0]]
 
     @property
@@ -318,6 +413,49 @@ class TorchBackend(Backend):
     def to_numpy(x: Array) -> np.ndarray:
         return x.detach().cpu().numpy()
 
+    def activate(self) -> AbstractContextManager[Any]:
+        if not self.is_gpu:
+            return contextlib.nullcontext()
+        import torch
+
+        return torch.cuda.device(self.device)
+
+    def generator(self, seed: int | None) -> Any:
+        import torch
+
+        generator = torch.Generator(device=self.device)
+        if seed is None:
+            generator.seed()
+        else:
+            generator.manual_seed(seed)
+        return generator
+
+    def random(self, generator: Any, shape: tuple[int, ...], dtype: Any) -> Array:
+        import torch
+
+        with self.activate():
+            return torch.rand(shape, generator=generator, device=self.device, dtype=self.dtype(dtype))
+
+    def generator_state(self, generator: Any) -> Any:
+        return generator.get_state().tolist()
+
+    def set_generator_state(self, generator: Any, state: Any) -> None:
+        import torch
+
+        generator.set_state(torch.tensor(state, dtype=torch.uint8))
+
+    def upload(self, x: np.ndarray, dtype: Any = None) -> Array:
+        """On CUDA: from pinned host memory with ``non_blocking=True`` (torch keeps the pinned block alive
+        until the copy is done)."""
+        if not self.is_gpu:
+            return self.asarray(x, dtype)
+        import torch
+
+        host = torch.from_numpy(np.ascontiguousarray(x)).pin_memory()
+        with self.activate():
+            out = host.to(self.device, non_blocking=True)
+            return out if dtype is None else out.to(self.dtype(dtype))
+
     def synchronize(self) -> None:
         if self.is_gpu:
             import torch
@@ -358,7 +496,8 @@ class TorchBackend(Backend):
         gc.collect()
         base = torch.cuda.memory_allocated(self.device)
         torch.cuda.reset_peak_memory_stats(self.device)
-        fn()
+        with self.activate():
+            fn()
         self.synchronize()
         return torch.cuda.max_memory_allocated(self.device) - base
 
@@ -373,6 +512,17 @@ class TorchBackend(Backend):
         cached = torch.cuda.memory_reserved(self.device) - torch.cuda.memory_allocated(self.device)
         return int(free) + int(cached)
 
+
+@dataclass
+class _CountedGenerator:
+    """A counter-based generator: draw ``draws`` comes from ``source`` reseeded from ``(seed, draws)``."""
+
+    seed: int
+    draws: int
+    source: Any
+
+
+_PENDING: deque[tuple[Any, Any]] = deque()   # CuPy uploads in flight: (event, pinned buffer kept alive until done)
 
 _CLASSES: dict[str, type[Backend]] = {cls.name: cls for cls in (NumpyBackend, CupyBackend, TorchBackend,
                                                                ArrayApiStrictBackend)}
@@ -397,6 +547,12 @@ def dlpack_device_of(x: Array) -> tuple[int, int]:
     """Where array ``x`` lives as DLPack names it, ``(device type, index)`` (see :attr:`Backend.dlpack_device`)."""
     kind, index = x.__dlpack_device__()
     return int(kind), int(index)
+
+
+def is_host_data(x: object) -> bool:
+    """Whether ``x`` is data in host memory that can be read without waiting for a device: a list, a tuple or a
+    NumPy array (not an array of a device library, even one on the CPU)."""
+    return isinstance(x, (list, tuple)) or is_numpy_array(x)
 
 
 def _compat_namespace(name: str) -> Any:

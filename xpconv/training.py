@@ -1,8 +1,10 @@
 """Training and evaluation loops, the optimizers and schedules they are built with, and the curves they draw.
 
-One loop serves every backend: the model lives on a :class:`~xpconv.backends.Backend`, the
-:class:`~xpconv.data.DataLoader` copies each batch there, and the only values that come back to the host are
-the per-batch loss and the count of correct predictions (Python numbers).
+One loop serves every backend: the model lives on a :class:`~xpconv.backends.Backend`, every op runs under its
+:meth:`~xpconv.backends.Backend.activate`, the :class:`~xpconv.data.DataLoader` copies each batch there (without
+waiting, where the library allows), labels are checked on the host where they come from, and the loss and
+the count of correct predictions are added up on the device and read once per logging interval: a step
+never waits for the GPU otherwise.
 
 A run can stop and continue: :func:`fit` reports its progress (epoch, batch, random-generator states, the
 metrics so far) to ``on_checkpoint`` after every epoch and when a :class:`~xpconv.interrupt.StopRequest` asks it
@@ -12,11 +14,12 @@ ends with the same weights and metrics, bit for bit, as one that never stopped. 
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import sys
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
@@ -24,6 +27,7 @@ import numpy as np
 from array_api_compat import array_namespace
 
 from ._typing import Array
+from .backends import Backend, to_numpy
 from .data import Compose, DataLoader, Dataset
 from .interrupt import StopRequest
 from .nn import CrossEntropyLoss, Module, Parameter
@@ -120,31 +124,76 @@ def make_scheduler(name: str, optimizer: Optimizer, total_steps: int, warmup_ste
     return SequentialLR(optimizer, [warmup, main], milestones=[warmup_steps])
 
 
-def _count_correct(logits: Array, labels: Array) -> int:
-    """Number of rows of logits (N, C) whose arg-max equals the label (N,)."""
+def _count_correct(logits: Array, labels: Array) -> Array:
+    """Number of rows of logits (N, C) whose arg-max equals the label (N,): a 0-d int array on the device."""
     xp = array_namespace(logits)
-    return int(xp.sum(xp.astype(xp.argmax(logits, axis=1) == labels, xp.int32)))
+    return xp.sum(xp.astype(xp.argmax(logits, axis=1) == labels, xp.int32))
+
+
+def _check_labels(y: np.ndarray, classes: int, split: str) -> None:
+    """ValueError unless the host labels ``y`` of ``split`` lie in [0, classes): checked once, where they come
+    from, so that no step reads labels back from the device."""
+    if y.size and (y.min() < 0 or y.max() >= classes):
+        raise ValueError(f"the {split} labels must lie in [0, {classes}) for a model with {classes} outputs, "
+                         f"got values in [{y.min()}, {y.max()}]")
+
+
+class _Totals:
+    """The loss sum (loss times batch size) and the correct count, added up on the device and read on demand.
+
+    Each step adds to one float64 device array ``(2,)``; :meth:`read` copies it to the host (one wait for
+    the device) and is called once per logging interval, never per step.
+    """
+
+    def __init__(self, backend: Backend, loss_sum: float = 0.0, correct: int = 0) -> None:
+        self.xp = backend.xp
+        self.sums = backend.asarray(np.array([loss_sum, correct], dtype=np.float64))
+
+    def add(self, loss: Array, logits: Array, labels: Array) -> None:
+        xp, n = self.xp, labels.shape[0]
+        step = xp.stack([xp.astype(loss, xp.float64) * n, xp.astype(_count_correct(logits, labels), xp.float64)])
+        self.sums = self.sums + step
+
+    def read(self) -> tuple[float, int]:
+        loss_sum, correct = to_numpy(self.sums).tolist()
+        return loss_sum, int(correct)
+
+
+@contextlib.contextmanager
+def _input_needs_no_grad(model: Module) -> Iterator[None]:
+    """The model's input is data: its first layer's backward may skip dL/dx while the block runs."""
+    model.requires_input_grad(False)
+    try:
+        yield
+    finally:
+        model.requires_input_grad(True)
 
 
 def evaluate(model: Module, x: Array, y: Array, batch_size: int = 500) -> tuple[float, float]:
-    """(mean cross-entropy, accuracy) of ``model`` on host arrays x (N, C, H, W), y (N,), in eval mode."""
+    """(mean cross-entropy, accuracy) of ``model`` on host arrays x (N, C, H, W), y (N,), in eval mode.
+
+    The sums stay on the device until the end: one wait for the device per call.
+    """
     was_training = model.training
     model.eval()
-    loss_fn, total_loss, correct = CrossEntropyLoss(), 0.0, 0
+    loss_fn = CrossEntropyLoss()
     loader = DataLoader(x, y, batch_size, shuffle=False, backend=model.backend, dtype=model.dtype_name)
-    for xb, yb in loader:
-        logits = model(xb)
-        total_loss += loss_fn(logits, yb) * xb.shape[0]
-        correct += _count_correct(logits, yb)
+    with model.backend.activate():
+        totals = _Totals(model.backend)
+        for i, (xb, yb) in enumerate(loader):
+            logits = model(xb)
+            if i == 0:
+                _check_labels(loader.y, logits.shape[1], "evaluation")
+            totals.add(loss_fn.on_device(logits, yb), logits, yb)
+        total_loss, correct = totals.read()
     model.train(was_training)
     n = loader.x.shape[0]
     return total_loss / n, correct / n
 
 
-def _generators(model: Module) -> dict[str, np.random.Generator]:
-    """The NumPy random generators of ``model``'s layers (e.g. dropout masks), by the layer's dotted name."""
-    found = {name or "model": getattr(m, "rng", None) for name, m in model._named_modules()}
-    return {name: g for name, g in found.items() if isinstance(g, np.random.Generator)}
+def _generators(model: Module) -> dict[str, Module]:
+    """The layers of ``model`` with a random generator (e.g. dropout masks), by the layer's dotted name."""
+    return {name or "model": m for name, m in model._named_modules() if hasattr(m, "random_state")}
 
 
 def _set_generator_states(model: Module, states: dict[str, Any]) -> None:
@@ -153,7 +202,7 @@ def _set_generator_states(model: Module, states: dict[str, Any]) -> None:
         raise ValueError(f"the record's random generators {sorted(states)} do not match the model's "
                          f"{sorted(generators)}")
     for name, state in states.items():
-        generators[name].bit_generator.state = state
+        generators[name].set_random_state(state)  # type: ignore[attr-defined]
 
 
 def fit(model: Module, data: Dataset, *, epochs: int, batch_size: int, optimizer: Optimizer,
@@ -161,7 +210,7 @@ def fit(model: Module, data: Dataset, *, epochs: int, batch_size: int, optimizer
         augment: Compose | None = None, seed: int = 0, progress: bool | None = None,
         log: Callable[[str], object] = print, resume: dict[str, Any] | None = None,
         on_checkpoint: Callable[[dict[str, Any]], object] | None = None,
-        stop: StopRequest | None = None) -> History:
+        stop: StopRequest | None = None, log_interval: int | None = None) -> History:
     """Train ``model`` on ``data``, evaluating on its test split after every epoch; returns the :class:`History`.
 
     Parameters
@@ -194,20 +243,32 @@ def fit(model: Module, data: Dataset, *, epochs: int, batch_size: int, optimizer
     stop : StopRequest or None
         Checked after every step and every evaluation: once it holds a signal, ``fit`` reports its progress
         and returns, with ``History.stopped`` naming the signal.
+    log_interval : int or None
+        Steps between reads of the running loss and accuracy: the loss and the correct count stay on the
+        device, and the step that ends an interval (or the epoch) copies them to the host, the only time a
+        training step waits for the device.  The progress bar and the divergence check use these reads.
+        None: every step on the CPU, where a read costs nothing (a diverging loss stops the run at its step),
+        every 50 steps on a GPU.
 
     Raises
     ------
     TrainingDiverged
-        If a training loss is NaN or infinite (the message names the epoch and step), or the test loss after
-        an epoch is; nothing is reported to ``on_checkpoint`` from the diverged weights.
+        If a training loss is NaN or infinite (the message names the epoch and the step that ends the
+        logging interval), or the test loss after an epoch is; nothing is reported to ``on_checkpoint`` from the
+        diverged weights.
     ValueError
         If ``epochs`` or ``batch_size`` is not a positive int, or ``resume`` does not fit this run.
     """
     from tqdm.auto import tqdm
 
     epochs = positive_int("epochs", epochs)
+    if log_interval is None:
+        log_interval = 50 if model.backend.is_gpu else 1
+    log_interval = positive_int("log_interval", log_interval)
+    # On a GPU the next batch is sliced, pinned, uploaded and augmented on a thread while the step runs.
     loader = DataLoader(data.x_train, data.y_train, batch_size, shuffle=True, seed=[seed, 1],
-                        backend=model.backend, dtype=model.dtype_name, transform=augment)
+                        backend=model.backend, dtype=model.dtype_name, transform=augment,
+                        prefetch=1 if model.backend.is_gpu else 0)
     loss_fn = CrossEntropyLoss() if loss_fn is None else loss_fn
     history, start_epoch, start_batch, sums = History(), 0, 0, [0.0, 0, 0]
     if resume is not None:
@@ -227,7 +288,7 @@ def fit(model: Module, data: Dataset, *, epochs: int, batch_size: int, optimizer
 
     def record(epoch: int, batch: int, start: tuple[dict[str, Any], dict[str, Any] | None]) -> dict[str, Any]:
         return {"epoch": epoch, "batch": batch, "loader": start[0], "augment": start[1], "sums": list(sums),
-                "generators": {k: g.bit_generator.state for k, g in _generators(model).items()},
+                "generators": {k: m.random_state() for k, m in _generators(model).items()},  # type: ignore[attr-defined]
                 "history": history.as_dict()}
 
     def here() -> tuple[dict[str, Any], dict[str, Any] | None]:
@@ -244,29 +305,36 @@ def fit(model: Module, data: Dataset, *, epochs: int, batch_size: int, optimizer
         bar = tqdm(total=len(loader), initial=skip, desc=f"epoch {epoch + 1}/{epochs}", leave=False, unit="batch",
                    file=sys.stderr, disable=None if progress is None else not progress)
         start = time.perf_counter()
-        for step, (xb, yb) in enumerate(loader):
-            if step < skip:                      # already trained before the run stopped: replayed, not trained
-                continue
-            # A diverging run overflows before its loss turns non-finite: the check below reports it, in one line.
-            with np.errstate(over="ignore", invalid="ignore"):
-                logits = model(xb)
-                loss = loss_fn(logits, yb)
-                if not math.isfinite(loss):
-                    bar.close()
-                    raise TrainingDiverged(f"the training loss became {loss} at epoch {epoch + 1}, step {step + 1} "
-                                           f"of {len(loader)}; lower the learning rate (now {optimizer.lr:.3g})")
-                optimizer.zero_grad()
-                model.backward(loss_fn.backward())
-                optimizer.step()
-            if scheduler is not None:
-                scheduler.step()
-            sums[0] += loss * xb.shape[0]
-            sums[1] += _count_correct(logits, yb)
-            sums[2] += xb.shape[0]
-            bar.update()
-            bar.set_postfix(loss=f"{sums[0] / sums[2]:.4f}", acc=f"{sums[1] / sums[2]:.3f}", refresh=False)
-            if stopped() and step + 1 < len(loader):
-                break
+        with model.backend.activate(), _input_needs_no_grad(model):
+            totals = _Totals(model.backend, sums[0], int(sums[1]))
+            for step, (xb, yb) in enumerate(loader):
+                if step < skip:                  # already trained before the run stopped: replayed, not trained
+                    continue
+                # A diverging run overflows before its loss turns non-finite: the check below reports it, in one line.
+                with np.errstate(over="ignore", invalid="ignore"):
+                    logits = model(xb)
+                    if step == skip:
+                        _check_labels(loader.y, logits.shape[1], "training")
+                    loss = loss_fn.on_device(logits, yb)
+                    optimizer.zero_grad()
+                    model.backward(loss_fn.backward())
+                    optimizer.step()
+                if scheduler is not None:
+                    scheduler.step()
+                totals.add(loss, logits, yb)
+                sums[2] += xb.shape[0]
+                bar.update()
+                halt = stopped()
+                if (step + 1) % log_interval == 0 or halt or step + 1 == len(loader):   # the one wait per interval
+                    sums[0], sums[1] = totals.read()
+                    if not math.isfinite(sums[0]):
+                        bar.close()
+                        raise TrainingDiverged(
+                            f"the training loss became {sums[0] / sums[2]} at epoch {epoch + 1}, step {step + 1} "
+                            f"of {len(loader)}; lower the learning rate (now {optimizer.lr:.3g})")
+                    bar.set_postfix(loss=f"{sums[0] / sums[2]:.4f}", acc=f"{sums[1] / sums[2]:.3f}", refresh=False)
+                if halt and step + 1 < len(loader):
+                    break
         model.backend.synchronize()                # the last step's GPU work counts in this epoch's time
         history.seconds += time.perf_counter() - start
         bar.close()

@@ -97,7 +97,7 @@ def run(args) -> int:
         return 1
     set_tf32(args.tf32)
     limiter = set_threads(threads)
-    env = collect_environment()  # while the thread limits are in force
+    env = collect_environment(args.torch_device)  # while the thread limits are in force
     env["threads"] = threads
     env["tf32"] = args.tf32
     if note := coretype_note():

@@ -69,8 +69,9 @@ def blas_pools() -> list[dict]:
     return [{k: pool.get(k) for k in keys if k in pool} for pool in threadpool_info()]
 
 
-def collect_environment() -> dict:
-    """Versions, BLAS pools and their threads, CPU and GPU names, TF32 switches, relevant env vars."""
+def collect_environment(torch_device: str = "cpu") -> dict:
+    """Versions, BLAS pools and their threads, CPU and GPU names, TF32 switches, relevant env vars; the torch GPU
+    named is ``torch_device`` where that is a CUDA device (the benchmark's own, not the current one)."""
     import array_api_compat
     import numpy
 
@@ -99,7 +100,8 @@ def collect_environment() -> dict:
             "mkldnn_enabled": torch.backends.mkldnn.is_available(),
         }
         if torch.cuda.is_available():
-            env["torch"]["gpu"] = torch.cuda.get_device_name(0)
+            cuda = torch.device(torch_device) if torch_device.startswith("cuda") else torch.device("cuda", 0)
+            env["torch"]["gpu"] = torch.cuda.get_device_name(cuda)
     cupy = sys.modules.get("cupy")
     if cupy is not None:
         env["versions"]["cupy"] = cupy.__version__

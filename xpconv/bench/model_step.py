@@ -167,7 +167,7 @@ def run_model(args, threads: int) -> int:
         return 1
     set_tf32(args.tf32)
     limiter = set_threads(threads)
-    env = collect_environment()
+    env = collect_environment(args.torch_device)
     env["threads"], env["tf32"] = threads, args.tf32
     if note := coretype_note():
         print(note, file=sys.stderr)

@@ -124,7 +124,9 @@ class DataLoader:
     prefetch : int or bool, default 0
         Batches prepared ahead on a background thread (``True``: 1): slicing on the host, the copy to the
         device and ``transform`` overlap the consumer's step.  Off by default: on a CPU backend the thread
-        competes with the step for the same cores; on a GPU it hides the host work and the copy.
+        competes with the step for the same cores; on a GPU it hides the host work and the copy.  Either
+        way, batches go up with :meth:`~xpconv.backends.Backend.upload`: on a GPU from pinned memory, queued
+        without making the host wait.
 
     Raises
     ------
@@ -177,9 +179,11 @@ class DataLoader:
     def _batches(self, order: np.ndarray) -> Iterator[tuple[Array, Array]]:
         for i in range(len(self)):
             idx = order[i * self.batch_size:(i + 1) * self.batch_size]
-            xb = self.backend.asarray(self.x[idx], dtype=self.dtype)
-            yield (xb if self.transform is None else self.transform(xb),
-                   self.backend.asarray(self.y[idx].astype(np.int64)))
+            with self.backend.activate():          # this may run on the prefetching thread: select the device here
+                xb = self.backend.upload(self.x[idx], dtype=self.dtype)
+                batch = (xb if self.transform is None else self.transform(xb),
+                         self.backend.upload(self.y[idx].astype(np.int64)))
+            yield batch
 
     def __iter__(self) -> Iterator[tuple[Array, Array]]:
         n = self.x.shape[0]

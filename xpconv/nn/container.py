@@ -92,6 +92,11 @@ class Sequential(Module):
     def _clear_cache(self) -> None:
         self._shape = None
 
+    def requires_input_grad(self, needed: bool = True) -> None:
+        """Passed to the first layer, which takes this container's input (see :meth:`Module.requires_input_grad`)."""
+        if self._modules:
+            next(iter(self._modules.values())).requires_input_grad(needed)
+
     def forward(self, x):
         """Apply the layers in order and return the last one's output."""
         for layer in self._modules.values():

@@ -83,6 +83,11 @@ class _ConvNd(Module):
         init_weight_and_bias(self, (out_channels, cg, *kernel), cg * math.prod(kernel),
                              out_channels if bias else None, seed, channels_last)
         self._ctx = None
+        self._input_grad = True
+
+    def requires_input_grad(self, needed: bool = True) -> None:
+        """With ``needed=False``, :meth:`backward` skips dL/dx (one GEMM and the col2im) and returns None."""
+        self._input_grad = bool(needed)
 
     def _clear_cache(self) -> None:
         self._ctx = None
@@ -103,13 +108,15 @@ class _ConvNd(Module):
 
     @fill_doc()
     def backward(self, grad_output):
-        """Back-propagate ``grad_output = dL/dy`` through the last training-mode forward; return dL/dx.
+        """Back-propagate ``grad_output = dL/dy`` through the last training-mode forward; return dL/dx (None after
+        ``requires_input_grad(False)``).
 
         {layer_backward}
         """
         ctx = self._need_cache(self._ctx)
         self._ctx = None
-        grad_x, grad_w, grad_b = conv_grads(ctx, grad_output, max_workspace_bytes=self.max_workspace_bytes)
+        grad_x, grad_w, grad_b = conv_grads(ctx, grad_output, max_workspace_bytes=self.max_workspace_bytes,
+                                            need_input_grad=self._input_grad)
         self.weight.grad += grad_w
         if self.bias is not None:
             self.bias.grad += grad_b

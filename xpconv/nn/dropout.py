@@ -1,20 +1,22 @@
-"""Dropout and Dropout2d: random masks from a seeded NumPy generator, copied to the layer's backend.
+"""Dropout and Dropout2d: random masks drawn on the layer's device by its library's seeded generator.
 
-Both draw one uniform number per mask entry on the host (``rng.random(mask_shape) >= p``), so one seed gives
-the same masks on every backend; Dropout's mask has the input's shape, Dropout2d's one entry per channel
-(N, C, 1, 1), broadcast over H and W.
+Both draw one uniform number per mask entry (``backend.random(generator, mask_shape) >= p``) where the input
+lives, so nothing is copied to the device per forward.  One seed gives the same masks every run on the same
+backend, but different masks on different backends (NumPy's PCG64, torch's generators, CuPy's cuRAND): each
+library has its own generator.  Dropout's mask has the input's shape, Dropout2d's one entry per channel
+(N, C, 1, 1), broadcast over H and W.  The generator's state is saved and restored with a checkpoint
+(:meth:`Dropout.random_state`).
 """
 from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
 from array_api_compat import device
 
 from .._docstrings import STATELESS, fill_doc
 from .._ops import namespace_of
 from ..backends import library_of
-from ..validation import check_real
+from ..validation import check_int, check_real
 from .module import Module
 
 __all__ = ["Dropout", "Dropout2d"]
@@ -45,9 +47,9 @@ _DROPOUT_SECTIONS = """
 class Dropout(Module):
     """In training, zero each element with probability ``p`` and scale the rest by 1/(1-p); identity in eval.
 
-    As ``torch.nn.Dropout``.  Masks come from a NumPy generator seeded by ``seed`` and are copied to the
-    backend, so one seed gives the same masks on every backend (at the cost of one host-to-device copy
-    per forward on a GPU).  Backward multiplies the gradient by the same mask.
+    As ``torch.nn.Dropout``.  Masks are drawn on the backend's device by the library's generator seeded by
+    ``seed``: the same seed gives the same masks on the same backend, different masks on another library.
+    Backward multiplies the gradient by the same mask.
 
     {sections}
 
@@ -68,8 +70,24 @@ class Dropout(Module):
     def __init__(self, p: float = 0.5, *, backend=None, device=None, dtype="float32", seed=None):
         super().__init__(backend=backend, device=device, dtype=dtype)
         self.p = check_real("dropout probability p", p, 0.0, 1.0)
-        self.rng = np.random.default_rng(seed)
+        self.seed = seed if seed is None else check_int("seed", seed, 0)
+        self._generator = (self.backend, self.backend.generator(self.seed))
         self._cache: tuple[Any, tuple[int, ...]] | None = None
+
+    @property
+    def generator(self) -> Any:
+        """The mask generator, on the layer's backend (after ``.to(...)``, a new one seeded by ``seed``)."""
+        if self._generator[0] != self.backend:
+            self._generator = (self.backend, self.backend.generator(self.seed))
+        return self._generator[1]
+
+    def random_state(self) -> Any:
+        """The mask generator's state as plain values (what a checkpoint saves)."""
+        return self.backend.generator_state(self.generator)
+
+    def set_random_state(self, state: Any) -> None:
+        """Restore a :meth:`random_state`."""
+        self.backend.set_generator_state(self.generator, state)
 
     def _clear_cache(self) -> None:
         self._cache = None
@@ -91,7 +109,7 @@ class Dropout(Module):
             raise ValueError(f"x is a {library_of(x)} array on {device(x)!r} but this {type(self).__name__} "
                              f"draws its masks on {self.backend}; move the model with .to(...)")
         shape = tuple(x.shape)
-        keep = self.backend.asarray(self.rng.random(self._mask_shape(shape)) >= self.p)   # bool
+        keep = self.backend.random(self.generator, self._mask_shape(shape), x.dtype) >= self.p
         mask = xp.astype(keep, x.dtype) * (1.0 / (1.0 - self.p) if self.p < 1 else 0.0)
         self._cache = (mask, shape)
         return x * mask

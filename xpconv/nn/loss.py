@@ -2,13 +2,16 @@
 
 ``loss = loss_fn(input, target)`` computes the loss and keeps dL/dinput's per-element factor;
 ``loss_fn.backward()`` then returns dL/dinput in the input's library, device, dtype and shape.
-With ``reduction="mean"`` or ``"sum"`` the loss is a Python float (one host sync per call) and
-``backward(grad_output=1.0)`` takes dL/dloss as a number; with ``reduction="none"`` the loss is an array
-on the device and ``backward(grad_output=None)`` takes an array of the loss's shape (None: ones).
+With ``reduction="mean"`` or ``"sum"`` the loss is a Python float (one host sync per call; ``on_device``
+gives it as a 0-d array without waiting) and ``backward(grad_output=1.0)`` takes dL/dloss as a number;
+with ``reduction="none"`` the loss is an array on the device and ``backward(grad_output=None)`` takes an
+array of the loss's shape (None: ones).
 """
 from __future__ import annotations
 
+import contextlib
 import math
+from contextlib import AbstractContextManager
 from typing import Any
 
 import numpy as np
@@ -17,7 +20,7 @@ from array_api_compat import array_namespace, device
 from .._docstrings import fill_doc
 from .._ops import namespace_of
 from .._typing import Array
-from ..backends import Backend, library_of
+from ..backends import Backend, is_host_data, library_of
 from ..validation import check_real
 
 __all__ = ["CrossEntropyLoss", "MSELoss", "BCEWithLogitsLoss"]
@@ -50,7 +53,7 @@ class _Loss:
         if reduction not in _REDUCTIONS:
             raise ValueError(f"reduction must be one of {_REDUCTIONS}, got {reduction!r}")
         self.reduction = reduction
-        self._cache: tuple[Array, tuple[int, ...], float] | None = None
+        self._cache: tuple[Array, tuple[int, ...], Any] | None = None   # denominator: float or 0-d array
 
     def _compute(self, input: Array, target: Any) -> tuple[Array, Array, Array | None]:  # pragma: no cover
         """(per-item loss, dloss/dinput factor, per-item weight for the mean or None) for validated inputs."""
@@ -61,17 +64,32 @@ class _Loss:
 
     def forward(self, input: Array, target: Any) -> Any:
         """The reduced loss (float) or the per-item losses (array, ``reduction="none"``); see the class."""
-        loss, factor, weights = self._compute(input, target)
-        xp = array_namespace(loss)
-        if self.reduction == "none":
-            self._cache = (factor, tuple(loss.shape), 1.0)
-            return loss
-        total = float(xp.sum(loss))
-        denominator = 1.0
-        if self.reduction == "mean":                  # an empty batch (or zero total weight) gives NaN, as in torch
-            denominator = float(math.prod(loss.shape) if weights is None else xp.sum(weights))
-        self._cache = (factor, (), denominator)
-        return total / denominator if denominator else math.nan
+        loss = self.on_device(input, target)
+        return loss if self.reduction == "none" else float(loss)
+
+    def on_device(self, input: Array, target: Any) -> Array:
+        """The loss as an array on the input's device, without waiting for it: a 0-d array for ``"mean"`` and
+        ``"sum"`` (what :meth:`forward` turns into a float), the per-item losses for ``"none"``.
+
+        A training loop that adds these up on the device and reads the sum once per logging interval keeps
+        the GPU busy; :meth:`backward` works after either call.
+        """
+        with _on_device_of(input):
+            loss, factor, weights = self._compute(input, target)
+            xp = array_namespace(loss)
+            if self.reduction == "none":
+                self._cache = (factor, tuple(loss.shape), 1.0)
+                return loss
+            total = xp.sum(loss)
+            denominator: Any = 1.0
+            if self.reduction == "mean":              # an empty batch (or zero total weight) gives NaN, as in torch
+                if weights is None:
+                    denominator = float(math.prod(loss.shape)) or math.nan
+                else:
+                    denominator = xp.sum(weights)
+                    denominator = xp.where(denominator == 0, xp.full_like(denominator, math.nan), denominator)
+            self._cache = (factor, (), denominator)
+            return total / denominator
 
     def backward(self, grad_output: Any = None) -> Array:
         """dL/dinput for the last call; ``grad_output`` as in the class's description."""
@@ -79,6 +97,10 @@ class _Loss:
             raise RuntimeError(f"{type(self).__name__}.backward() needs a preceding loss_fn(input, target); "
                                "the cache is cleared after each backward")
         factor, loss_shape, denominator = self._cache
+        with _on_device_of(factor):
+            return self._backward(factor, loss_shape, denominator, grad_output)
+
+    def _backward(self, factor: Array, loss_shape: tuple[int, ...], denominator: Any, grad_output: Any) -> Array:
         xp = array_namespace(factor)
         if self.reduction == "none":
             if grad_output is None:
@@ -91,7 +113,7 @@ class _Loss:
             return factor * xp.reshape(grad_output, loss_shape + (1,) * (factor.ndim - len(loss_shape)))
         scale = 1.0 if grad_output is None else check_real("grad_output", grad_output)
         self._cache = None
-        return factor * (scale / denominator if denominator else math.nan)
+        return factor * (scale / denominator)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(reduction={self.reduction!r})"
@@ -191,7 +213,8 @@ class CrossEntropyLoss(_Loss):
             library than the logits (other than NumPy or a list), or ``weight`` has another dtype.
         ValueError
             If ``logits`` is not ``(N, C)`` with C >= 1, ``labels`` is not ``(N,)``, is on another device,
-            holds a value outside ``[0, C)``, or ``weight`` is not ``(C,)``.
+            holds a value outside ``[0, C)`` (checked for host labels; labels already on the device are not
+            read back, and a sample whose label is out of range gets a NaN loss), or ``weight`` is not ``(C,)``.
         """
         return super().forward(logits, labels)
 
@@ -200,7 +223,7 @@ class CrossEntropyLoss(_Loss):
         if logits.ndim != 2 or logits.shape[1] == 0:
             raise ValueError(f"logits must have shape (N, C) with C >= 1, got {tuple(logits.shape)}")
         n, c = logits.shape
-        labels = _labels_like(logits, labels, n, c)
+        labels, checked = _labels_like(logits, labels, n, c)
         z = logits - xp.max(logits, axis=1, keepdims=True)
         log_p = z - xp.log(xp.sum(xp.exp(z), axis=1, keepdims=True))             # (N, C), log-sum-exp
         classes = xp.reshape(xp.arange(c, dtype=labels.dtype, device=device(logits)), (1, c))
@@ -213,6 +236,9 @@ class CrossEntropyLoss(_Loss):
             a = a * w
             sample_weight = xp.sum(one_hot * w, axis=1)                          # w[labels], (N,)
         loss = -xp.sum(a * log_p, axis=1)                                        # (N,)
+        if not checked:                          # device labels out of [0, C) give NaN, as a host check would fail
+            valid = (labels >= 0) & (labels < c)
+            loss = xp.where(valid, loss, xp.full_like(loss, math.nan))
         factor = xp.exp(log_p) * xp.sum(a, axis=1, keepdims=True) - a            # dl[n]/dlogits[n, :]
         return loss, factor, sample_weight
 
@@ -406,14 +432,27 @@ def _float_like(ref: Array, value: Any, name: str, shape: tuple[int, ...] | None
     return value
 
 
+def _on_device_of(a: Any) -> AbstractContextManager[Any]:
+    """The device context of array ``a``'s backend (nothing for a non-array, which validation then rejects)."""
+    return Backend.from_array(a).activate() if library_of(a) else contextlib.nullcontext()
+
+
 def _labels_like(logits, labels, n: int, c: int):
-    """Validated integer labels (N,) in the logits' namespace and device."""
+    """Validated integer labels (N,) in the logits' namespace and device, and whether their range was checked.
+
+    Host labels (a list or NumPy array) are range-checked on the host, before they are copied; labels already
+    on the logits' device are not read back (that would make the host wait for the device).
+    """
     xp = array_namespace(logits)
     backend = Backend.from_array(logits)
-    if isinstance(labels, (list, tuple)) or (isinstance(labels, np.ndarray) and library_of(labels) != backend.name):
+    checked = is_host_data(labels)
+    if checked:
         labels = np.asarray(labels) if len(labels) else np.zeros((0,), dtype=np.int64)
         if labels.dtype.kind not in "iu":
             raise TypeError(f"labels must be integers (class indices), got dtype {labels.dtype}")
+        if labels.shape == (n,) and n and (labels.min() < 0 or labels.max() >= c):
+            raise ValueError(f"labels must lie in [0, {c}) for {c} classes, got values in "
+                             f"[{labels.min()}, {labels.max()}]")
         labels = backend.asarray(labels)
     try:
         lxp = array_namespace(labels)
@@ -428,8 +467,4 @@ def _labels_like(logits, labels, n: int, c: int):
         raise ValueError(f"labels must have shape ({n},) to match logits {(n, c)}, got {tuple(labels.shape)}")
     if device(labels) != device(logits):
         raise ValueError(f"labels are on {device(labels)!r} but logits on {device(logits)!r}")
-    if n:
-        lo, hi = int(xp.min(labels)), int(xp.max(labels))
-        if lo < 0 or hi >= c:
-            raise ValueError(f"labels must lie in [0, {c}) for {c} classes, got values in [{lo}, {hi}]")
-    return labels
+    return labels, checked

@@ -3,11 +3,15 @@
 A module holds its Parameters (``.data`` and ``.grad`` arrays) and buffers on
 one :class:`~xpconv.backends.Backend`, chosen at construction; ``forward``
 caches what ``backward`` needs, and ``backward(grad_output)`` returns
-dL/d(input) while accumulating dL/d(parameter) into each ``.grad``.
+dL/d(input) while accumulating dL/d(parameter) into each ``.grad``.  Every
+``forward`` and ``backward`` of every layer runs under its backend's
+:meth:`~xpconv.backends.Backend.activate`, so whatever it allocates lands on
+the layer's device, not the current one.
 """
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+import functools
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any, TypeVar
 
 import numpy as np
@@ -19,6 +23,16 @@ from ..backends import Backend, get_backend, to_numpy
 __all__ = ["Parameter", "Module"]
 
 _M = TypeVar("_M", bound="Module")
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def _on_device(method: _F) -> _F:
+    """``method(self, ...)`` run under ``self.backend.activate()``."""
+    @functools.wraps(method)
+    def run(self: Module, *args: Any, **kwargs: Any) -> Any:
+        with self.backend.activate():
+            return method(self, *args, **kwargs)
+    return run  # type: ignore[return-value]
 
 
 class Parameter:
@@ -26,7 +40,8 @@ class Parameter:
 
     def __init__(self, data: Array) -> None:
         self.data: Array = data
-        self.grad: Array = array_namespace(data).zeros_like(data)
+        with Backend.from_array(data).activate():
+            self.grad: Array = array_namespace(data).zeros_like(data)
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -43,6 +58,13 @@ class Module:
     _buffers: dict[str, bool]
     _modules: dict[str, Module]
     arch: dict[str, Any] | None = None  # the record xpconv.models.build_model rebuilds the model from, if any
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        """Run the ``forward`` and ``backward`` a layer defines under its backend's device."""
+        super().__init_subclass__(**kwargs)
+        for name in ("forward", "backward"):
+            if name in cls.__dict__:
+                setattr(cls, name, _on_device(cls.__dict__[name]))
 
     def __init__(self, *, backend: str | Backend | None = None, device: Device = None, dtype: str = "float32") -> None:
         object.__setattr__(self, "_parameters", {})
@@ -133,8 +155,9 @@ class Module:
             yield from m.modules()
 
     def zero_grad(self) -> None:
-        for p in self.parameters():
-            p.grad = array_namespace(p.data).zeros_like(p.data)
+        with self.backend.activate():
+            for p in self.parameters():
+                p.grad = array_namespace(p.data).zeros_like(p.data)
 
     def train(self: _M, mode: bool = True) -> _M:
         for m in self.modules():
@@ -147,6 +170,13 @@ class Module:
 
     def _clear_cache(self) -> None:
         """Drop whatever forward kept for backward (layers with a cache override this)."""
+
+    def requires_input_grad(self, needed: bool = True) -> None:
+        """Say whether :meth:`backward` must return dL/d(input).  With ``needed=False`` (the input is data, as
+        for a model's first layer) a layer that can skip that work does, and its backward returns None: a
+        convolution then computes only dL/dW and dL/db.  Containers pass it to the layer that takes their
+        input; the other layers ignore it.  :func:`xpconv.training.fit` sets it for the steps of a run.
+        """
 
     # -- moving and saving ----------------------------------------------------------------------
     def to(self: _M, backend: str | Backend, device: Device = None) -> _M:
