@@ -25,6 +25,7 @@ from array_api_compat import array_namespace
 
 from ._typing import Array
 from .data import Compose, DataLoader, Dataset
+from .distributed import Communicator, allreduce_gradients, average_buffers, broadcast_state
 from .interrupt import StopRequest
 from .nn import CrossEntropyLoss, Module, Parameter
 from .optim import SGD, Adam, Optimizer
@@ -125,18 +126,28 @@ def _count_correct(logits: Array, labels: Array) -> int:
     return int(xp.sum(xp.astype(xp.argmax(logits, axis=1) == labels, xp.int32)))
 
 
-def evaluate(model: Module, x: Array, y: Array, batch_size: int = 500) -> tuple[float, float]:
-    """(mean cross-entropy, accuracy) of ``model`` on host arrays x (N, C, H, W), y (N,), in eval mode."""
+def evaluate(model: Module, x: Array, y: Array, batch_size: int = 500,
+             comm: Communicator | None = None) -> tuple[float, float]:
+    """(mean cross-entropy, accuracy) of ``model`` on host arrays x (N, C, H, W), y (N,), in eval mode.
+
+    With a communicator of several ranks, each rank evaluates its contiguous part of x and the sums are
+    reduced: every rank returns the figures of the whole of x.
+    """
     was_training = model.training
     model.eval()
     loss_fn, total_loss, correct = CrossEntropyLoss(), 0.0, 0
-    loader = DataLoader(x, y, batch_size, shuffle=False, backend=model.backend, dtype=model.dtype_name)
-    for xb, yb in loader:
-        logits = model(xb)
-        total_loss += loss_fn(logits, yb) * xb.shape[0]
-        correct += _count_correct(logits, yb)
+    n = len(y)
+    mine = np.array_split(np.arange(n), 1 if comm is None else comm.size)[0 if comm is None else comm.rank]
+    if len(mine):
+        loader = DataLoader(x[mine[0]:mine[-1] + 1], y[mine[0]:mine[-1] + 1], batch_size, shuffle=False,
+                            backend=model.backend, dtype=model.dtype_name)
+        for xb, yb in loader:
+            logits = model(xb)
+            total_loss += loss_fn(logits, yb) * xb.shape[0]
+            correct += _count_correct(logits, yb)
     model.train(was_training)
-    n = loader.x.shape[0]
+    if comm is not None:
+        total_loss, correct = comm.allreduce_scalars([total_loss, correct])
     return total_loss / n, correct / n
 
 
@@ -160,7 +171,7 @@ def fit(model: Module, data: Dataset, *, epochs: int, batch_size: int, optimizer
         augment: Compose | None = None, seed: int = 0, progress: bool | None = None,
         log: Callable[[str], object] = print, resume: dict[str, Any] | None = None,
         on_checkpoint: Callable[[dict[str, Any]], object] | None = None,
-        stop: StopRequest | None = None) -> History:
+        stop: StopRequest | None = None, comm: Communicator | None = None) -> History:
     """Train ``model`` on ``data``, evaluating on its test split after every epoch; returns the :class:`History`.
 
     Parameters
@@ -193,6 +204,13 @@ def fit(model: Module, data: Dataset, *, epochs: int, batch_size: int, optimizer
     stop : StopRequest or None
         Checked after every step and every evaluation: once it holds a signal, ``fit`` reports its progress
         and returns, with ``History.stopped`` naming the signal.
+    comm : Communicator or None
+        Data parallelism (:mod:`xpconv.distributed`): rank 0's weights are broadcast first, ``batch_size`` is
+        per rank, each rank trains on its part of every global batch of ``comm.size * batch_size`` images,
+        gradients are summed in one message per step (with the loss and the stop flag), BatchNorm running
+        statistics are averaged before each evaluation and the metrics are reduced: every rank ends with
+        the weights and History of one process trained with the global batch.  ``on_checkpoint`` is called
+        on every rank (let rank 0 write); ``resume`` takes rank 0's record on every rank.  None: one process.
 
     Raises
     ------
@@ -205,8 +223,10 @@ def fit(model: Module, data: Dataset, *, epochs: int, batch_size: int, optimizer
     from tqdm.auto import tqdm
 
     epochs = positive_int("epochs", epochs)
+    comm = Communicator(model.backend) if comm is None else comm
     loader = DataLoader(data.x_train, data.y_train, batch_size, shuffle=True, seed=[seed, 1],
-                        backend=model.backend, dtype=model.dtype_name, transform=augment)
+                        backend=model.backend, dtype=model.dtype_name, transform=augment,
+                        num_replicas=comm.size, rank=comm.rank)
     loss_fn = CrossEntropyLoss() if loss_fn is None else loss_fn
     history, start_epoch, start_batch, sums = History(), 0, 0, [0.0, 0, 0]
     if resume is not None:
@@ -214,6 +234,7 @@ def fit(model: Module, data: Dataset, *, epochs: int, batch_size: int, optimizer
             history = History.from_dict(resume["history"])
             start_epoch, start_batch = int(resume["epoch"]), int(resume["batch"])
             sums = [float(resume["sums"][0]), int(resume["sums"][1]), int(resume["sums"][2])]
+            sums = sums if comm.rank == 0 else [0.0, 0, 0]      # the record's sums are the global ones
             loader.load_state_dict(resume["loader"])
             if augment is not None:
                 augment.load_state_dict(resume["augment"])
@@ -232,10 +253,14 @@ def fit(model: Module, data: Dataset, *, epochs: int, batch_size: int, optimizer
     def here() -> tuple[dict[str, Any], dict[str, Any] | None]:
         return loader.state_dict(), None if augment is None else augment.state_dict()
 
-    def stopped() -> bool:
-        return stop is not None and stop.signum is not None
+    def stopped(agreed: Communicator | None = None) -> bool:
+        """Whether a stop was asked for (with ``agreed``: on any rank, the answer the same on every rank)."""
+        asked = stop is not None and stop.signum is not None
+        return asked if agreed is None or agreed.size == 1 else agreed.allreduce_scalars([asked])[0] > 0
 
     n = loader.x.shape[0]
+    broadcast_state(model, comm)
+    params = list(model.parameters())
     model.train()
     for epoch in range(start_epoch, epochs):
         epoch_start = here()                                 # before this epoch's order and crops are drawn
@@ -248,35 +273,44 @@ def fit(model: Module, data: Dataset, *, epochs: int, batch_size: int, optimizer
                 continue
             # A diverging run overflows before its loss turns non-finite: the check below reports it, in one line.
             with np.errstate(over="ignore", invalid="ignore"):
+                share = xb.shape[0] / loader.global_batch_size(step)    # 1 in one process
                 logits = model(xb)
                 loss = loss_fn(logits, yb)
-                if not math.isfinite(loss):
-                    bar.close()
-                    raise TrainingDiverged(f"the training loss became {loss} at epoch {epoch + 1}, step {step + 1} "
-                                           f"of {len(loader)}; lower the learning rate (now {optimizer.lr:.3g})")
                 optimizer.zero_grad()
-                model.backward(loss_fn.backward())
+                model.backward(loss_fn.backward(share))           # the gradient of the global batch's mean loss
+                # One message: every rank's gradients, the global batch's loss, and whether a rank must stop.
+                global_loss, stops = allreduce_gradients(params, comm, [loss * share if share else 0.0, stopped()])
+                if not math.isfinite(global_loss):
+                    bar.close()
+                    raise TrainingDiverged(f"the training loss became {global_loss} at epoch {epoch + 1}, step "
+                                           f"{step + 1} of {len(loader)}; lower the learning rate (now "
+                                           f"{optimizer.lr:.3g})")
                 optimizer.step()
             if scheduler is not None:
                 scheduler.step()
-            sums[0] += loss * xb.shape[0]
-            sums[1] += _count_correct(logits, yb)
-            sums[2] += xb.shape[0]
+            if xb.shape[0]:
+                sums[0] += loss * xb.shape[0]
+                sums[1] += _count_correct(logits, yb)
+                sums[2] += xb.shape[0]
             bar.update()
-            bar.set_postfix(loss=f"{sums[0] / sums[2]:.4f}", acc=f"{sums[1] / sums[2]:.3f}", refresh=False)
-            if stopped() and step + 1 < len(loader):
+            bar.set_postfix(loss=f"{sums[0] / max(sums[2], 1):.4f}", acc=f"{sums[1] / max(sums[2], 1):.3f}",
+                            refresh=False)
+            if stops and step + 1 < len(loader):
                 break
         model.backend.synchronize()                # the last step's GPU work counts in this epoch's time
         history.seconds += time.perf_counter() - start
         bar.close()
-        if stopped() and sums[2] < n:
+        total = comm.allreduce_scalars(sums) if comm.size > 1 else sums
+        sums = [float(total[0]), int(total[1]), int(total[2])]
+        average_buffers(model, comm)               # the ranks' BatchNorm running statistics, before eval/saving
+        if stopped(comm) and sums[2] < n:
             if on_checkpoint is not None:
                 on_checkpoint(record(epoch, step + 1, epoch_start))
             history.stopped = stop.name if stop is not None else None
             return history
         start = time.perf_counter()
         with np.errstate(over="ignore", invalid="ignore"):
-            test_loss, test_acc = evaluate(model, data.x_test, data.y_test)
+            test_loss, test_acc = evaluate(model, data.x_test, data.y_test, comm=comm)
         if not math.isfinite(test_loss):
             raise TrainingDiverged(f"the test loss became {test_loss} after epoch {epoch + 1}; lower the learning "
                                    f"rate (now {optimizer.lr:.3g})")
@@ -290,7 +324,7 @@ def fit(model: Module, data: Dataset, *, epochs: int, batch_size: int, optimizer
         sums = [0.0, 0, 0]
         if on_checkpoint is not None:
             on_checkpoint(record(epoch + 1, 0, here()))
-        if stopped():
+        if stopped(comm):
             history.stopped = stop.name if stop is not None else None
             return history
     return history
