@@ -10,7 +10,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-
 from xpconv import nn, to_numpy
 from xpconv.data import Dataset, load_dataset
 from xpconv.distributed import (
@@ -73,7 +72,7 @@ def test_communicator_ranks_and_collectives(backend):
     assert to_numpy(summed[2]).dtype == np.float32 and to_numpy(summed[1]).dtype == before[1].dtype
     np.testing.assert_array_equal(to_numpy(comm.allreduce(mine[2:], op="mean")[0]), np.full(5, 1.5, np.float32))
     np.testing.assert_array_equal(to_numpy(comm.broadcast(mine, root=1)[0]), np.full((2, 3), 2.0))
-    for a, b in zip(mine, before):                                        # the inputs are left alone
+    for a, b in zip(mine, before, strict=True):                                        # the inputs are left alone
         np.testing.assert_array_equal(to_numpy(a), b)
     assert comm.allreduce_scalars([RANK + 0.5, 2]) == [2.0, 4.0]
     assert comm.bytes_reduced > 0
@@ -102,7 +101,7 @@ def test_one_step_on_two_ranks_equals_one_process_with_the_doubled_batch(backend
     comm = init_communicator(backend)
     model, history = _train(small_cnn(channels=(4, 8), dtype=dtype, seed=7 + RANK, backend=backend), data, 12, comm)
     ref, ref_history = _train(small_cnn(channels=(4, 8), dtype=dtype, seed=7), data, 24)
-    for (name, p), (_, q) in zip(model.named_parameters(), ref.named_parameters()):
+    for (name, p), (_, q) in zip(model.named_parameters(), ref.named_parameters(), strict=True):
         np.testing.assert_allclose(to_numpy(p.grad), to_numpy(q.grad), rtol=tol, atol=tol, err_msg=name)
         np.testing.assert_allclose(to_numpy(p.data), to_numpy(q.data), rtol=tol, atol=tol, err_msg=name)
     np.testing.assert_allclose(history.train_loss, ref_history.train_loss, rtol=tol)
@@ -207,10 +206,10 @@ def test_sync_batchnorm_gradient_matches_finite_differences_across_ranks():
     for owner in (0, 1):
         for index in [(0, 0, 0), (1, 1, 2), (2, 0, 1)]:
             shift = np.zeros_like(x)
-            if RANK == owner:
+            if owner == RANK:
                 shift[index] = eps
             numeric = (loss(x + shift) - loss(x - shift)) / (2 * eps)
-            analytic = comm.allreduce_scalars([dx[index] if RANK == owner else 0.0])[0]
+            analytic = comm.allreduce_scalars([dx[index] if owner == RANK else 0.0])[0]
             assert analytic == pytest.approx(numeric, rel=1e-6, abs=1e-8), (owner, index)
 
 

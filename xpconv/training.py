@@ -147,7 +147,8 @@ def evaluate(model: Module, x: Array, y: Array, batch_size: int = 500,
             correct += _count_correct(logits, yb)
     model.train(was_training)
     if comm is not None:
-        total_loss, correct = comm.allreduce_scalars([total_loss, correct])
+        total_loss, reduced = comm.allreduce_scalars([total_loss, correct])
+        correct = round(reduced)
     return total_loss / n, correct / n
 
 

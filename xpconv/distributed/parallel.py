@@ -27,7 +27,7 @@ def broadcast_state(model: Module, comm: Communicator, root: int = 0) -> None:
         return
     state = model.state_dict()
     received = comm.broadcast([model.backend.asarray(v) for v in state.values()], root=root)
-    model.load_state_dict(dict(zip(state, received)))
+    model.load_state_dict(dict(zip(state, received, strict=True)))
 
 
 def allreduce_gradients(params: Iterable[Parameter], comm: Communicator,
@@ -43,7 +43,7 @@ def allreduce_gradients(params: Iterable[Parameter], comm: Communicator,
     grads = [p.grad for p in params]
     extra = comm.backend.asarray(np.asarray(values, dtype=np.float64), dtype=grads[0].dtype)
     *summed, extra = comm.allreduce([*grads, extra])
-    for p, g in zip(params, summed):
+    for p, g in zip(params, summed, strict=True):
         p.grad = g
     return [float(v) for v in comm.backend.to_numpy(extra)]
 
@@ -61,7 +61,7 @@ def average_buffers(model: Module, comm: Communicator) -> None:
     if not names:
         return
     averaged = comm.allreduce([model.backend.asarray(state[k]) for k in names], op="mean")
-    model.load_state_dict(state | dict(zip(names, averaged)))
+    model.load_state_dict(state | dict(zip(names, averaged, strict=True)))
 
 
 def gradient_bytes(params: Iterable[Parameter]) -> int:
