@@ -17,11 +17,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from xpconv import get_backend, nn
+from xpconv import get_backend, nn, to_numpy
+from xpconv.backends import cuda_device_count
 from xpconv.cli import main
 from xpconv.data import DataLoader
 from xpconv.distributed import (
     Communicator,
+    MPICommunicator,
+    NCCLCommunicator,
     SyncBatchNorm,
     convert_sync_batchnorm,
     gradient_bytes,
@@ -29,6 +32,7 @@ from xpconv.distributed import (
     run_or_abort,
 )
 from xpconv.models import resnet20, small_cnn
+from xpconv.training import fit, make_optimizer
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -40,7 +44,8 @@ def _mpiexec() -> str | None:
     return str(beside_python) if beside_python.exists() else shutil.which("mpiexec")
 
 
-needs_mpiexec = pytest.mark.skipif(_mpiexec() is None, reason='mpi4py or mpiexec is missing (pip install "xpconv[mpi]")')
+needs_mpiexec = pytest.mark.skipif(_mpiexec() is None,
+                                   reason='mpi4py or mpiexec is missing (pip install "xpconv[mpi]")')
 
 
 # -- one process ----------------------------------------------------------------------------------------------
@@ -65,6 +70,63 @@ def test_one_process_gets_the_trivial_communicator_and_errors_propagate():
     assert type(comm) is Communicator and (comm.rank, comm.size, comm.local_rank) == (0, 1, 0)
     with pytest.raises(KeyError, match="left alone"):
         run_or_abort(lambda: {}["left alone"], comm)
+
+
+needs_mpi4py = pytest.mark.skipif(importlib.util.find_spec("mpi4py") is None,
+                                  reason='mpi4py is not installed (pip install "xpconv[mpi]")')
+
+
+def _collectives_of_one_rank(comm):
+    """An MPI or NCCL communicator of size 1 runs the whole path (pack, reduce, unpack): values, dtypes, shapes
+    come back unchanged, in new arrays."""
+    xp, backend = comm.backend.xp, comm.backend
+    arrays = [backend.asarray(np.arange(6.0).reshape(2, 3)), backend.asarray(np.arange(4)),
+              backend.asarray(np.ones((2, 1, 2), dtype=np.float32))]
+    for out in (comm.allreduce(arrays), comm.allreduce([arrays[0], arrays[2]], op="mean"), comm.broadcast(arrays)):
+        for got in out:
+            want = next(a for a in arrays if a.shape == got.shape)
+            assert got is not want and got.dtype == want.dtype
+            np.testing.assert_array_equal(to_numpy(got), to_numpy(want))
+    assert comm.allreduce_scalars([2, 0.5]) == [2.0, 0.5]
+    assert comm.bytes_reduced > 0 and xp is backend.xp
+
+
+@needs_mpi4py
+def test_an_mpi_communicator_of_one_rank_packs_reduces_and_unpacks(backend):
+    comm = MPICommunicator(backend)
+    assert (comm.rank, comm.size, comm.local_rank) == (0, 1, 0)
+    _collectives_of_one_rank(comm)
+
+
+@needs_mpi4py
+def test_fit_on_an_mpi_communicator_of_one_rank_is_fit_alone():
+    from xpconv.data import load_dataset
+
+    data = load_dataset("digits", seed=0).subset(40)
+    models = [small_cnn(channels=(4, 8), dtype="float64", seed=0) for _ in range(2)]
+    histories = [fit(model, data, epochs=2, batch_size=16, optimizer=make_optimizer("adam", model.parameters()),
+                     comm=c, progress=False, log=lambda line: None)
+                 for model, c in zip(models, (MPICommunicator(get_backend("numpy")), None), strict=True)]
+    assert histories[0].train_loss == histories[1].train_loss
+    for key, value in models[1].state_dict().items():
+        np.testing.assert_array_equal(models[0].state_dict()[key], value, err_msg=key)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(cuda_device_count() == 0 or importlib.util.find_spec("mpi4py") is None,
+                    reason="needs a usable CUDA device for CuPy and mpi4py")
+def test_nccl_of_one_gpu_reduces_on_the_device_and_trains():
+    comm = NCCLCommunicator(get_backend("cupy"))
+    _collectives_of_one_rank(comm)
+    from xpconv.data import load_dataset
+
+    data = load_dataset("digits", seed=0).subset(64)
+    models = [small_cnn(channels=(4, 8), backend="cupy", seed=0) for _ in range(2)]
+    for model, c in zip(models, (comm, None), strict=True):
+        fit(model, data, epochs=1, batch_size=16, optimizer=make_optimizer("sgd", model.parameters()), comm=c,
+            progress=False, log=lambda line: None)
+    for key, value in models[1].state_dict().items():
+        np.testing.assert_allclose(models[0].state_dict()[key], value, rtol=1e-5, atol=1e-6, err_msg=key)
 
 
 @pytest.mark.parametrize("n, batch_size", [(48, 8), (45, 8), (33, 8), (3, 4)])

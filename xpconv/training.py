@@ -301,7 +301,7 @@ def fit(model: Module, data: Dataset, *, epochs: int, batch_size: int, optimizer
         model.backend.synchronize()                # the last step's GPU work counts in this epoch's time
         history.seconds += time.perf_counter() - start
         bar.close()
-        total = comm.allreduce_scalars(sums) if comm.size > 1 else sums
+        total = comm.allreduce_scalars(sums)
         sums = [float(total[0]), int(total[1]), int(total[2])]
         average_buffers(model, comm)               # the ranks' BatchNorm running statistics, before eval/saving
         if stopped(comm) and sums[2] < n:

@@ -84,6 +84,7 @@ class Communicator:
     rank: int = 0
     size: int = 1
     local_rank: int = 0
+    passthrough: bool = True      # collectives return their inputs (the MPI and NCCL ones communicate, even alone)
 
     def __init__(self, backend: Backend) -> None:
         if not isinstance(backend, Backend):
@@ -104,7 +105,7 @@ class Communicator:
             raise ValueError(f"op must be one of {', '.join(_OPS)}, got {op!r}")
         if op == "mean" and not all(self.backend.xp.isdtype(a.dtype, "real floating") for a in arrays):
             raise TypeError("allreduce(op='mean') takes floating arrays only; use op='sum' for integers")
-        if self.size == 1:
+        if self.passthrough:
             return arrays
         return self._collective(arrays, self._allreduce_flat, mean=op == "mean")
 
@@ -113,7 +114,7 @@ class Communicator:
         arrays = list(arrays)
         if not 0 <= root < self.size:
             raise ValueError(f"root must be a rank in [0, {self.size}), got {root!r}")
-        if self.size == 1:
+        if self.passthrough:
             return arrays
         return self._collective(arrays, lambda flat: self._broadcast_flat(flat, root))
 
@@ -153,7 +154,7 @@ class Communicator:
         self.seconds += time.perf_counter() - start
         return out
 
-    def _allreduce_flat(self, flat: Array) -> Array:  # pragma: no cover - size 1 never calls it
+    def _allreduce_flat(self, flat: Array) -> Array:  # pragma: no cover - the trivial communicator never calls it
         raise NotImplementedError
 
     def _broadcast_flat(self, flat: Array, root: int) -> Array:  # pragma: no cover
@@ -166,6 +167,8 @@ class MPICommunicator(Communicator):
     Each collective copies its packed buffer to host memory (no copy for NumPy), runs one MPI call on it and
     copies the result back to the backend.
     """
+
+    passthrough = False
 
     def __init__(self, backend: Backend, comm: Any = None) -> None:
         super().__init__(backend)

@@ -23,7 +23,7 @@ __all__ = ["broadcast_state", "allreduce_gradients", "average_buffers", "gradien
 
 def broadcast_state(model: Module, comm: Communicator, root: int = 0) -> None:
     """Give every rank rank ``root``'s parameters and buffers (``model.state_dict()``), in place."""
-    if comm.size == 1:
+    if comm.passthrough:
         return
     state = model.state_dict()
     received = comm.broadcast([model.backend.asarray(v) for v in state.values()], root=root)
@@ -38,7 +38,7 @@ def allreduce_gradients(params: Iterable[Parameter], comm: Communicator,
     (e.g. the loss and a stop flag) ride in the gradients' dtype.
     """
     params = list(params)
-    if comm.size == 1:
+    if comm.passthrough:
         return [float(v) for v in values]
     grads = [p.grad for p in params]
     extra = comm.backend.asarray(np.asarray(values, dtype=np.float64), dtype=grads[0].dtype)
@@ -53,7 +53,7 @@ def average_buffers(model: Module, comm: Communicator) -> None:
 
     Integer buffers (``num_batches_tracked``) are left alone: every rank counts the same steps.
     """
-    if comm.size == 1:
+    if comm.passthrough:
         return
     state = model.state_dict()
     trained = {name for name, _ in model.named_parameters()}
