@@ -24,6 +24,7 @@ import numpy as np
 from array_api_compat import array_namespace
 
 from ._typing import Array
+from .backends import to_numpy
 from .data import Compose, DataLoader, Dataset
 from .distributed import Communicator, allreduce_gradients, average_buffers, broadcast_state
 from .interrupt import StopRequest
@@ -136,7 +137,10 @@ def evaluate(model: Module, x: Array, y: Array, batch_size: int = 500,
     was_training = model.training
     model.eval()
     loss_fn, total_loss, correct = CrossEntropyLoss(), 0.0, 0
+    x, y = to_numpy(x), to_numpy(y)
     n = len(y)
+    if n == 0:
+        raise ValueError("cannot evaluate on an empty data set")
     mine = np.array_split(np.arange(n), 1 if comm is None else comm.size)[0 if comm is None else comm.rank]
     if len(mine):
         loader = DataLoader(x[mine[0]:mine[-1] + 1], y[mine[0]:mine[-1] + 1], batch_size, shuffle=False,

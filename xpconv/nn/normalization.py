@@ -315,6 +315,11 @@ class SyncBatchNorm(_BatchNorm):
     backend, device, dtype
         As :class:`BatchNorm2d`.
 
+    Raises
+    ------
+    ValueError
+        As :class:`BatchNorm2d`; in training, also when the global batch has one value per channel.
+
     Examples
     --------
     >>> import numpy as np
