@@ -246,6 +246,30 @@ def test_train_on_two_ranks_is_one_process_with_the_doubled_batch_and_only_rank_
     assert metrics["ranks"] == 2 and metrics["communication_bytes"] > 0
     assert metrics["test_accuracy_per_epoch"] == reference["test_accuracy_per_epoch"]
     np.testing.assert_allclose(metrics["train_loss"], reference["train_loss"], rtol=1e-5)
-    resumed = _launch([sys.executable, "-m", "xpconv.cli", "train", "--distributed", "--resume", "c.npz"], two)
+
+
+@needs_mpiexec
+def test_a_distributed_run_stopped_by_sigterm_resumes_to_the_same_end(tmp_path):
+    """mpiexec forwards SIGTERM to every rank; the ranks agree on the step to stop at, rank 0 checkpoints, and
+    the resumed run (on 2 ranks again) ends with the metrics of a run that never stopped."""
+    common = [sys.executable, "-m", "xpconv.cli", "train", "--distributed", "--batch-size", "8", "--limit", "300",
+              "--epochs", "10", "--seed", "2"]
+    whole = _launch([*common, "--metrics-out", "whole.json"], tmp_path)
+    assert whole.returncode == 0, whole.stderr
+    env = os.environ | {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    job = subprocess.Popen([_mpiexec(), "-n", "2", *common, "--checkpoint", "c.npz"], cwd=tmp_path, env=env,
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert job.stdout is not None
+    for line in job.stdout:
+        if line.startswith("epoch   1/10"):
+            job.terminate()                                  # SIGTERM to mpiexec, which forwards it
+            break
+    _, err = job.communicate(timeout=60)
+    assert job.returncode != 0 and "stopped by SIGTERM" in err, err
+    resumed = _launch([sys.executable, "-m", "xpconv.cli", "train", "--distributed", "--resume", "c.npz",
+                       "--metrics-out", "resumed.json"], tmp_path)
     assert resumed.returncode == 0, resumed.stderr
     assert resumed.stdout.count("resuming small_cnn") == 1
+    metrics = [json.loads((tmp_path / name).read_text()) for name in ("whole.json", "resumed.json")]
+    for key in ("train_loss", "train_accuracy", "test_loss_per_epoch", "test_accuracy_per_epoch"):
+        assert metrics[1][key] == metrics[0][key], key

@@ -340,7 +340,9 @@ class SyncBatchNorm(_BatchNorm):
 
     @property
     def _synced(self) -> bool:
-        return self.comm is not None and self.comm.size > 1
+        """Statistics across ranks: in training only (as torch: eval without running statistics, where each
+        rank may see a different number of batches, uses the local batch's)."""
+        return self.training and self.comm is not None and self.comm.size > 1
 
     def _batch_standardize(self, xp, x, axes: tuple[int, ...]):
         if not self._synced:
