@@ -45,7 +45,8 @@ def mpi_available() -> tuple[bool, str]:
     """(usable, description): whether mpi4py imports and which MPI library it runs on (never raises)."""
     try:
         MPI = _mpi()
-        return True, f"mpi4py {sys.modules['mpi4py'].__version__}, {MPI.Get_library_version().splitlines()[0]}"
+        library = " ".join(MPI.Get_library_version().splitlines()[0].split())
+        return True, f"mpi4py {sys.modules['mpi4py'].__version__}, {library}"
     except Exception as exc:
         return False, " ".join(str(exc).split())
 
