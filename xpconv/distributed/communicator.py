@@ -225,7 +225,7 @@ class NCCLCommunicator(MPICommunicator):
         self.backend.device.use()                   # this process's GPU, before NCCL is created on it
         unique_id = nccl.get_unique_id() if self.rank == 0 else None
         unique_id = self.comm.bcast(unique_id, root=0)
-        self._comm = nccl.NcclCommunicator(self.size, unique_id, self.rank)
+        self._nccl_comm = nccl.NcclCommunicator(self.size, unique_id, self.rank)
 
     def _nccl_args(self, flat: Array) -> tuple[int, int, int]:
         import cupy
@@ -238,7 +238,7 @@ class NCCLCommunicator(MPICommunicator):
     def _allreduce_flat(self, flat: Array) -> Array:
         out = self.backend.xp.empty_like(flat)
         count, dtype, stream = self._nccl_args(flat)
-        self._comm.allReduce(flat.data.ptr, out.data.ptr, count, dtype, self._nccl.NCCL_SUM, stream)
+        self._nccl_comm.allReduce(flat.data.ptr, out.data.ptr, count, dtype, self._nccl.NCCL_SUM, stream)
         self.backend.synchronize()                  # the time counted is the reduction's, not its launch's
         self.bytes_reduced += flat.nbytes
         return out
@@ -246,7 +246,7 @@ class NCCLCommunicator(MPICommunicator):
     def _broadcast_flat(self, flat: Array, root: int) -> Array:
         out = self.backend.xp.asarray(flat, copy=True)
         count, dtype, stream = self._nccl_args(out)
-        self._comm.bcast(out.data.ptr, count, dtype, root, stream)
+        self._nccl_comm.bcast(out.data.ptr, count, dtype, root, stream)
         self.backend.synchronize()
         self.bytes_reduced += flat.nbytes
         return out
