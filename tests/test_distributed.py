@@ -244,7 +244,9 @@ def test_train_on_two_ranks_is_one_process_with_the_doubled_batch_and_only_rank_
     metrics = json.loads((two / "m.json").read_text())
     reference = json.loads((one / "m.json").read_text())
     assert metrics["ranks"] == 2 and metrics["communication_bytes"] > 0
-    assert metrics["test_accuracy_per_epoch"] == reference["test_accuracy_per_epoch"]
+    # float32 sums in another order (and this process's BLAS threads): at most one test image may flip
+    np.testing.assert_allclose(metrics["test_accuracy_per_epoch"], reference["test_accuracy_per_epoch"],
+                               atol=1.01 / metrics["test_size"])
     np.testing.assert_allclose(metrics["train_loss"], reference["train_loss"], rtol=1e-5)
 
 
