@@ -24,6 +24,7 @@ GPU_SERVICES = {
     "test": (["pytest"], ["-m", "gpu or not gpu"]),
     "train": (None, ["train", "--backend", "cupy"]),
     "bench": (None, ["bench", "--backends", "numpy,cupy,torch-ref"]),
+    "train-distributed": (["mpiexec"], ["-n", "${GPUS:-2}", "xpconv", "train", "--backend", "cupy", "--distributed"]),
 }
 
 
@@ -150,3 +151,13 @@ def test_cupy_kernel_cache_is_a_named_volume_at_the_images_cache_dir():
     assert "cupy-kernels" in compose["volumes"]
     for name in GPU_SERVICES:
         assert f"cupy-kernels:{cache_dir}" in compose["services"][name]["volumes"], name
+
+
+def test_compose_distributed_service_launches_one_rank_per_gpu_with_the_xpconv_cli():
+    svc = _compose()["services"]["train-distributed"]
+    flag, count, program, *command = svc["command"]
+    assert svc["entrypoint"] == ["mpiexec"] and (flag, count, program) == ("-n", "${GPUS:-2}", "xpconv")
+    args = build_parser().parse_args(command)
+    assert args.command == "train" and args.distributed and args.backend == "cupy"
+    assert "mpi" in _pyproject_extras() and "xpconv[mpi]" in _pyproject_extras()["test"]   # mpiexec in the image
+    assert svc["shm_size"] == "1gb"

@@ -94,6 +94,12 @@ class Backend:
         return str(self.device)
 
     @property
+    def collective(self) -> str:
+        """How :mod:`xpconv.distributed` reduces this backend's arrays across processes: ``"mpi"`` (through
+        host NumPy buffers) or ``"nccl"`` (on the GPU, never leaving it)."""
+        return "mpi"
+
+    @property
     def cache_chunk_bytes(self) -> int | None:
         """The engine's chunking policy: keep each chunk's workspace under this many bytes (cache-sized
         chunks on the CPU), or None for one chunk as large as ``max_workspace_bytes`` allows (a GPU,
@@ -311,6 +317,10 @@ class CupyBackend(Backend):
     @property
     def dlpack_device(self) -> tuple[int, int]:
         return (_DLPACK_CUDA, int(self.device.id))
+
+    @property
+    def collective(self) -> str:
+        return "nccl"
 
     @staticmethod
     def to_numpy(x: Array) -> np.ndarray:

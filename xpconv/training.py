@@ -29,6 +29,7 @@ from array_api_compat import array_namespace
 from ._typing import Array
 from .backends import Backend, to_numpy
 from .data import Compose, DataLoader, Dataset
+from .distributed import Communicator, allreduce_gradients, average_buffers, broadcast_state
 from .interrupt import StopRequest
 from .nn import CrossEntropyLoss, Module, Parameter
 from .optim import SGD, Adam, Optimizer
@@ -169,25 +170,38 @@ def _input_needs_no_grad(model: Module) -> Iterator[None]:
         model.requires_input_grad(True)
 
 
-def evaluate(model: Module, x: Array, y: Array, batch_size: int = 500) -> tuple[float, float]:
+def evaluate(model: Module, x: Array, y: Array, batch_size: int = 500,
+             comm: Communicator | None = None) -> tuple[float, float]:
     """(mean cross-entropy, accuracy) of ``model`` on host arrays x (N, C, H, W), y (N,), in eval mode.
 
-    The sums stay on the device until the end: one wait for the device per call.
+    The sums stay on the device until the end: one wait for the device per call.  With a communicator of
+    several ranks, each rank evaluates its contiguous part of x and the sums are reduced: every rank returns
+    the figures of the whole of x.
     """
     was_training = model.training
     model.eval()
     loss_fn = CrossEntropyLoss()
-    loader = DataLoader(x, y, batch_size, shuffle=False, backend=model.backend, dtype=model.dtype_name)
-    with model.backend.activate():
-        totals = _Totals(model.backend)
-        for i, (xb, yb) in enumerate(loader):
-            logits = model(xb)
-            if i == 0:
-                _check_labels(loader.y, logits.shape[1], "evaluation")
-            totals.add(loss_fn.on_device(logits, yb), logits, yb)
-        total_loss, correct = totals.read()
+    x, y = to_numpy(x), to_numpy(y)
+    n = len(y)
+    if n == 0:
+        raise ValueError("cannot evaluate on an empty data set")
+    mine = np.array_split(np.arange(n), 1 if comm is None else comm.size)[0 if comm is None else comm.rank]
+    total_loss, correct = 0.0, 0
+    if len(mine):
+        loader = DataLoader(x[mine[0]:mine[-1] + 1], y[mine[0]:mine[-1] + 1], batch_size, shuffle=False,
+                            backend=model.backend, dtype=model.dtype_name)
+        with model.backend.activate():
+            totals = _Totals(model.backend)
+            for i, (xb, yb) in enumerate(loader):
+                logits = model(xb)
+                if i == 0:
+                    _check_labels(loader.y, logits.shape[1], "evaluation")
+                totals.add(loss_fn.on_device(logits, yb), logits, yb)
+            total_loss, correct = totals.read()
     model.train(was_training)
-    n = loader.x.shape[0]
+    if comm is not None:
+        total_loss, reduced = comm.allreduce_scalars([total_loss, correct])
+        correct = round(reduced)
     return total_loss / n, correct / n
 
 
@@ -210,7 +224,8 @@ def fit(model: Module, data: Dataset, *, epochs: int, batch_size: int, optimizer
         augment: Compose | None = None, seed: int = 0, progress: bool | None = None,
         log: Callable[[str], object] = print, resume: dict[str, Any] | None = None,
         on_checkpoint: Callable[[dict[str, Any]], object] | None = None,
-        stop: StopRequest | None = None, log_interval: int | None = None) -> History:
+        stop: StopRequest | None = None, log_interval: int | None = None,
+        comm: Communicator | None = None) -> History:
     """Train ``model`` on ``data``, evaluating on its test split after every epoch; returns the :class:`History`.
 
     Parameters
@@ -249,6 +264,13 @@ def fit(model: Module, data: Dataset, *, epochs: int, batch_size: int, optimizer
         training step waits for the device.  The progress bar and the divergence check use these reads.
         None: every step on the CPU, where a read costs nothing (a diverging loss stops the run at its step),
         every 50 steps on a GPU.
+    comm : Communicator or None
+        Data parallelism (:mod:`xpconv.distributed`): rank 0's weights are broadcast first, ``batch_size`` is
+        per rank, each rank trains on its part of every global batch of ``comm.size * batch_size`` images,
+        gradients are summed in one message per step (with the loss and the stop flag), BatchNorm running
+        statistics are averaged before each evaluation and the metrics are reduced: every rank ends with
+        the weights and History of one process trained with the global batch.  ``on_checkpoint`` is called
+        on every rank (let rank 0 write); ``resume`` takes rank 0's record on every rank.  None: one process.
 
     Raises
     ------
@@ -265,10 +287,11 @@ def fit(model: Module, data: Dataset, *, epochs: int, batch_size: int, optimizer
     if log_interval is None:
         log_interval = 50 if model.backend.is_gpu else 1
     log_interval = positive_int("log_interval", log_interval)
+    comm = Communicator(model.backend) if comm is None else comm
     # On a GPU the next batch is sliced, pinned, uploaded and augmented on a thread while the step runs.
     loader = DataLoader(data.x_train, data.y_train, batch_size, shuffle=True, seed=[seed, 1],
                         backend=model.backend, dtype=model.dtype_name, transform=augment,
-                        prefetch=1 if model.backend.is_gpu else 0)
+                        prefetch=1 if model.backend.is_gpu else 0, num_replicas=comm.size, rank=comm.rank)
     loss_fn = CrossEntropyLoss() if loss_fn is None else loss_fn
     history, start_epoch, start_batch, sums = History(), 0, 0, [0.0, 0, 0]
     if resume is not None:
@@ -276,6 +299,7 @@ def fit(model: Module, data: Dataset, *, epochs: int, batch_size: int, optimizer
             history = History.from_dict(resume["history"])
             start_epoch, start_batch = int(resume["epoch"]), int(resume["batch"])
             sums = [float(resume["sums"][0]), int(resume["sums"][1]), int(resume["sums"][2])]
+            sums = sums if comm.rank == 0 else [0.0, 0, 0]      # the record's sums are the global ones
             loader.load_state_dict(resume["loader"])
             if augment is not None:
                 augment.load_state_dict(resume["augment"])
@@ -294,10 +318,14 @@ def fit(model: Module, data: Dataset, *, epochs: int, batch_size: int, optimizer
     def here() -> tuple[dict[str, Any], dict[str, Any] | None]:
         return loader.state_dict(), None if augment is None else augment.state_dict()
 
-    def stopped() -> bool:
-        return stop is not None and stop.signum is not None
+    def stopped(agreed: Communicator | None = None) -> bool:
+        """Whether a stop was asked for (with ``agreed``: on any rank, the answer the same on every rank)."""
+        asked = stop is not None and stop.signum is not None
+        return asked if agreed is None or agreed.size == 1 else agreed.allreduce_scalars([asked])[0] > 0
 
     n = loader.x.shape[0]
+    broadcast_state(model, comm)
+    params = list(model.parameters())
     model.train()
     for epoch in range(start_epoch, epochs):
         epoch_start = here()                                 # before this epoch's order and crops are drawn
@@ -310,42 +338,58 @@ def fit(model: Module, data: Dataset, *, epochs: int, batch_size: int, optimizer
             for step, (xb, yb) in enumerate(loader):
                 if step < skip:                  # already trained before the run stopped: replayed, not trained
                     continue
-                # A diverging run overflows before its loss turns non-finite: the check below reports it, in one line.
+                # A diverging run overflows before its loss turns non-finite: the checks below report it, in one line.
                 with np.errstate(over="ignore", invalid="ignore"):
+                    share = xb.shape[0] / loader.global_batch_size(step)    # 1 in one process
                     logits = model(xb)
                     if step == skip:
                         _check_labels(loader.y, logits.shape[1], "training")
                     loss = loss_fn.on_device(logits, yb)
                     optimizer.zero_grad()
-                    model.backward(loss_fn.backward())
+                    model.backward(loss_fn.backward(share))       # the gradient of the global batch's mean loss
+                    if comm.size > 1:
+                        # One message: every rank's gradients, the global batch's loss, whether a rank must stop.
+                        global_loss, stops = allreduce_gradients(
+                            params, comm, [float(loss) * share if share else 0.0, stopped()])
+                        if not math.isfinite(global_loss):
+                            bar.close()
+                            raise TrainingDiverged(f"the training loss became {global_loss} at epoch {epoch + 1}, "
+                                                   f"step {step + 1} of {len(loader)}; lower the learning rate "
+                                                   f"(now {optimizer.lr:.3g})")
+                    else:
+                        stops = stopped()
                     optimizer.step()
                 if scheduler is not None:
                     scheduler.step()
-                totals.add(loss, logits, yb)
-                sums[2] += xb.shape[0]
+                if xb.shape[0]:
+                    totals.add(loss, logits, yb)
+                    sums[2] += xb.shape[0]
                 bar.update()
-                halt = stopped()
-                if (step + 1) % log_interval == 0 or halt or step + 1 == len(loader):   # the one wait per interval
+                if (step + 1) % log_interval == 0 or stops or step + 1 == len(loader):   # the one wait per interval
                     sums[0], sums[1] = totals.read()
                     if not math.isfinite(sums[0]):
                         bar.close()
                         raise TrainingDiverged(
-                            f"the training loss became {sums[0] / sums[2]} at epoch {epoch + 1}, step {step + 1} "
-                            f"of {len(loader)}; lower the learning rate (now {optimizer.lr:.3g})")
-                    bar.set_postfix(loss=f"{sums[0] / sums[2]:.4f}", acc=f"{sums[1] / sums[2]:.3f}", refresh=False)
-                if halt and step + 1 < len(loader):
+                            f"the training loss became {sums[0] / max(sums[2], 1)} at epoch {epoch + 1}, step "
+                            f"{step + 1} of {len(loader)}; lower the learning rate (now {optimizer.lr:.3g})")
+                    bar.set_postfix(loss=f"{sums[0] / max(sums[2], 1):.4f}",
+                                    acc=f"{sums[1] / max(sums[2], 1):.3f}", refresh=False)
+                if stops and step + 1 < len(loader):
                     break
         model.backend.synchronize()                # the last step's GPU work counts in this epoch's time
         history.seconds += time.perf_counter() - start
         bar.close()
-        if stopped() and sums[2] < n:
+        total = comm.allreduce_scalars(sums)
+        sums = [float(total[0]), int(total[1]), int(total[2])]
+        average_buffers(model, comm)               # the ranks' BatchNorm running statistics, before eval/saving
+        if stopped(comm) and sums[2] < n:
             if on_checkpoint is not None:
                 on_checkpoint(record(epoch, step + 1, epoch_start))
             history.stopped = stop.name if stop is not None else None
             return history
         start = time.perf_counter()
         with np.errstate(over="ignore", invalid="ignore"):
-            test_loss, test_acc = evaluate(model, data.x_test, data.y_test)
+            test_loss, test_acc = evaluate(model, data.x_test, data.y_test, comm=comm)
         if not math.isfinite(test_loss):
             raise TrainingDiverged(f"the test loss became {test_loss} after epoch {epoch + 1}; lower the learning "
                                    f"rate (now {optimizer.lr:.3g})")
@@ -359,7 +403,7 @@ def fit(model: Module, data: Dataset, *, epochs: int, batch_size: int, optimizer
         sums = [0.0, 0, 0]
         if on_checkpoint is not None:
             on_checkpoint(record(epoch + 1, 0, here()))
-        if stopped():
+        if stopped(comm):
             history.stopped = stop.name if stop is not None else None
             return history
     return history

@@ -33,11 +33,21 @@ def _info(args) -> int:
         detail = ", ".join(e["devices"]) + (f"  ({e['note']})" if e["note"] else "")
         print(f"{name:<18}{e['version'] or '-':<14}{usable:<8}{detail}")
     _print_cpu_blas()
+    _print_distributed()
     if not report["cupy"]["usable"]:  # '--backend auto' looks at CuPy only
         print("\nNo usable CUDA GPU for CuPy: '--backend auto' falls back to NumPy on the CPU (with a warning).\n"
               "Check `nvidia-smi`. In Docker, the host needs the NVIDIA Container Toolkit and the container "
               "'--gpus all' (compose: a GPU reservation).")
     return 0
+
+
+def _print_distributed() -> None:
+    """Whether ``train --distributed`` can run: mpi4py with its MPI library, and NCCL for CuPy."""
+    from ..distributed import mpi_available, nccl_available
+
+    print()
+    for what, (usable, note) in (("MPI (mpi4py)", mpi_available()), ("NCCL (CuPy)", nccl_available())):
+        print(f"{what:<18}{'yes' if usable else 'no':<8}{note}")
 
 
 def _print_cpu_blas() -> None:

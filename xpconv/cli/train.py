@@ -16,6 +16,7 @@ from .. import __version__, io
 from ..backends import BACKEND_NAMES, get_backend
 from ..checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from ..data import DATASETS, augmentation, load_dataset
+from ..distributed import Communicator, gradient_bytes, init_communicator, run_or_abort
 from ..interrupt import StopRequest, exit_status
 from ..models import MODELS, build_model
 from ..nn import CrossEntropyLoss
@@ -105,6 +106,20 @@ def _metrics(config, history, backend, model, data) -> dict[str, Any]:
 
 
 def _run_train(args) -> int:
+    if not args.distributed:
+        return _train(args, Communicator(get_backend(args.backend, args.device)))
+    comm = init_communicator(args.backend, args.device)
+    return run_or_abort(lambda: _train(args, comm), comm, "xpconv train")
+
+
+def _quiet(*args: Any, **kwargs: Any) -> None:
+    """print() of the ranks other than 0."""
+
+
+def _train(args, comm: Communicator) -> int:
+    """The training run of one rank (of one process: ``comm.size`` 1); only rank 0 prints and writes files."""
+    lead = comm.rank == 0
+    say = print if lead else _quiet
     resumed = load_checkpoint(args.resume) if args.resume else None
     config = _resolve(args, resumed.config if resumed else None)
     checkpoint_path = args.checkpoint or args.resume
@@ -113,7 +128,7 @@ def _run_train(args) -> int:
     check_outputs(outputs, inputs={"--resume": args.resume, "--data-dir": config["data_dir"]})
     if args.save:
         io.check_format(args.save)          # a .safetensors file without the library stops here, not after training
-    backend = get_backend(args.backend, args.device)
+    backend = comm.backend
     data = load_dataset(config["dataset"], config["data_dir"], seed=config["seed"]).subset(config["limit"])
     _, channels, size, _ = data.x_train.shape
     if resumed is not None:
@@ -131,7 +146,7 @@ def _run_train(args) -> int:
         model = MODELS[config["model"]](in_channels=channels, num_classes=data.num_classes, backend=backend,
                                         seed=config["seed"], **shape)
     optimizer = make_optimizer(config["optimizer"], model.parameters(), config["lr"], config["weight_decay"])
-    steps_per_epoch = math.ceil(len(data.x_train) / config["batch_size"])
+    steps_per_epoch = math.ceil(len(data.x_train) / (config["batch_size"] * comm.size))
     scheduler = make_scheduler(config["lr_schedule"], optimizer, config["epochs"] * steps_per_epoch,
                                config["warmup_epochs"] * steps_per_epoch)
     if resumed is not None:
@@ -140,7 +155,8 @@ def _run_train(args) -> int:
             raise ValueError(f"{args.resume}: the checkpoint's learning-rate schedule does not fit its configuration")
         if scheduler is not None and resumed.scheduler is not None:
             scheduler.load_state_dict(resumed.scheduler)
-    augment = augmentation(config["dataset"], seed=config["seed"]) if config["augment"] else None
+    # Each rank draws its own crops and flips (rank 0 those of a single process).
+    augment = augmentation(config["dataset"], seed=config["seed"] + comm.rank) if config["augment"] else None
 
     def write_checkpoint(progress: dict[str, Any]) -> None:
         save_checkpoint(Checkpoint(model=model.state_dict(), optimizer=optimizer.state_dict(), progress=progress,
@@ -148,27 +164,37 @@ def _run_train(args) -> int:
                                    arch=model.arch), checkpoint_path)
 
     where = f"backend {backend.name} on {backend.device_name}"
-    print(f"{'resuming' if resumed else 'training'} {config['model']} on {config['dataset']} "
-          f"({len(data.x_train)} train / {len(data.x_test)} test images) with {config['optimizer']} lr "
-          f"{config['lr']:g} ({config['lr_schedule']}), batch {config['batch_size']}, {config['epochs']} epochs, "
-          f"{where}, seed {config['seed']}")
+    ranks = f" per rank x {comm.size} ranks ({type(comm).__name__})" if args.distributed else ""
+    say(f"{'resuming' if resumed else 'training'} {config['model']} on {config['dataset']} "
+        f"({len(data.x_train)} train / {len(data.x_test)} test images) with {config['optimizer']} lr "
+        f"{config['lr']:g} ({config['lr_schedule']}), batch {config['batch_size']}{ranks}, {config['epochs']} "
+        f"epochs, {where}, seed {config['seed']}")
+    comm.barrier()           # every rank has loaded its data: from here the collectives' cost is the training's
+    comm.bytes_reduced, comm.seconds = 0, 0.0
     try:
         with StopRequest() as stop:
             history = fit(model, data, epochs=config["epochs"], batch_size=config["batch_size"], optimizer=optimizer,
                           scheduler=scheduler, loss_fn=CrossEntropyLoss(label_smoothing=config["label_smoothing"]),
-                          augment=augment, seed=config["seed"], progress=None,
+                          augment=augment, seed=config["seed"], progress=None if lead else False, log=say,
                           resume=resumed.progress if resumed else None,
-                          on_checkpoint=write_checkpoint if checkpoint_path else None, stop=stop)
-    except TrainingDiverged as exc:
-        print(f"xpconv train: error: {exc}; nothing was saved", file=sys.stderr)
+                          on_checkpoint=write_checkpoint if checkpoint_path and lead else None, stop=stop, comm=comm)
+    except TrainingDiverged as exc:                  # on every rank at the same step: the loss is the global one
+        if lead:
+            print(f"xpconv train: error: {exc}; nothing was saved", file=sys.stderr)
         return DIVERGED_STATUS
     if history.stopped:
+        if not lead:
+            return exit_status(stop.signum or 0)
         kept = (f"checkpoint written to {checkpoint_path}; continue with: xpconv train --resume {checkpoint_path}"
                 if checkpoint_path else "nothing was saved (no --checkpoint given)")
         print(f"xpconv train: stopped by {history.stopped} after epoch {history.epochs} of {config['epochs']}: "
               f"{kept}", file=sys.stderr)
         return exit_status(stop.signum or 0)
     metrics = _metrics(config, history, backend, model, data)
+    if args.distributed:
+        metrics |= _communication(comm, model, history)
+    if not lead:
+        return 0
     print(f"test accuracy {history.test_accuracy[-1]:.2%} | training {history.seconds:.1f} s, "
           f"{metrics['images_per_second'] or 0:,.0f} images/s (+{history.eval_seconds:.1f} s evaluating) | {where}")
     if args.save:
@@ -182,7 +208,18 @@ def _run_train(args) -> int:
         plot_curves(history, args.plot, title=f"xpconv {config['model']} on {config['dataset']} ({backend.name}, "
                                               f"{backend.device_name})")
         print(f"curves drawn to {args.plot}")
+    if args.distributed:
+        print(f"communication: {metrics['gradient_bytes_per_step']:,} bytes of gradients per step, in one "
+              f"allreduce across {comm.size} ranks; all collectives took {metrics['communication_seconds']:.2f} s, "
+              f"{metrics['communication_fraction']:.1%} of the training time (rank 0)")
     return 0
+
+
+def _communication(comm: Communicator, model, history) -> dict[str, Any]:
+    """What the collectives cost this rank: gradient bytes per step, seconds and their share of training."""
+    return {"ranks": comm.size, "gradient_bytes_per_step": gradient_bytes(model.parameters()),
+            "communication_bytes": comm.bytes_reduced, "communication_seconds": comm.seconds,
+            "communication_fraction": comm.seconds / history.seconds if history.seconds else 0.0}
 
 
 def _run_evaluate(args) -> int:
@@ -239,6 +276,9 @@ def register(subparsers) -> None:
                    help="write a checkpoint here after every epoch and when stopped (Ctrl-C, SIGTERM)")
     p.add_argument("--resume", metavar="CKPT.npz",
                    help="continue the run of this checkpoint (and keep checkpointing to it unless --checkpoint)")
+    p.add_argument("--distributed", action="store_true",
+                   help="data-parallel training, one process per device: mpiexec -n N xpconv train --distributed "
+                   "(--batch-size is per rank; MPI on the CPU, NCCL with --backend cupy; docs/distributed.md)")
     p.set_defaults(func=guarded(_run_train, "train"))
 
     e = subparsers.add_parser("evaluate", help="test accuracy of a saved model",

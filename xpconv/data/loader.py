@@ -127,6 +127,11 @@ class DataLoader:
         competes with the step for the same cores; on a GPU it hides the host work and the copy.  Either
         way, batches go up with :meth:`~xpconv.backends.Backend.upload`: on a GPU from pinned memory, queued
         without making the host wait.
+    num_replicas, rank : int, default 1, 0
+        Data parallelism (as torch's ``DistributedSampler``): every replica draws the same order, the
+        global batches hold ``num_replicas * batch_size`` samples, and replica ``rank`` gets its part of
+        each (``np.array_split``: a smaller last global batch is split as evenly as possible, so no sample
+        is dropped or repeated; a replica may get an empty part when it has fewer samples than replicas).
 
     Raises
     ------
@@ -152,7 +157,7 @@ class DataLoader:
     def __init__(self, x: Array, y: Array, batch_size: int = 64, shuffle: bool = True,
                  seed: int | Sequence[int] | None = None, backend: str | Backend | None = None, device: Device = None,
                  dtype: str = "float32", drop_last: bool = False, *, transform: Callable[[Array], Array] | None = None,
-                 prefetch: int | bool = 0) -> None:
+                 prefetch: int | bool = 0, num_replicas: int = 1, rank: int = 0) -> None:
         self.x, self.y = np.asarray(to_numpy(x)), np.asarray(to_numpy(y))
         if self.x.ndim < 1 or self.y.ndim != 1 or self.x.shape[0] != self.y.shape[0]:
             raise ValueError(f"x (N, ...) and y (N,) must have the same length N, got shapes {self.x.shape} "
@@ -167,21 +172,31 @@ class DataLoader:
         self.shuffle, self.drop_last = bool(shuffle), bool(drop_last)
         self.prefetch = int(prefetch) if isinstance(prefetch, bool) else non_negative_int("prefetch", prefetch)
         self.transform = transform
+        self.num_replicas = positive_int("num_replicas", num_replicas)
+        self.rank = non_negative_int("rank", rank)
+        if self.rank >= self.num_replicas:
+            raise ValueError(f"rank must be in [0, num_replicas={self.num_replicas}), got {self.rank}")
         self.backend = get_backend(backend, device)
         self.dtype = self.backend.dtype(dtype)
         self.generator = np.random.default_rng(seed)
         self._epochs_running = 0
 
     def __len__(self) -> int:
-        n = self.x.shape[0]
-        return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
+        n, size = self.x.shape[0], self.batch_size * self.num_replicas
+        return n // size if self.drop_last else math.ceil(n / size)
+
+    def global_batch_size(self, i: int) -> int:
+        """Samples in global batch ``i`` (all replicas' parts together): the last one may be smaller."""
+        size = self.batch_size * self.num_replicas
+        return min(size, self.x.shape[0] - i * size)
 
     def _batches(self, order: np.ndarray) -> Iterator[tuple[Array, Array]]:
+        size = self.batch_size * self.num_replicas
         for i in range(len(self)):
-            idx = order[i * self.batch_size:(i + 1) * self.batch_size]
+            idx = np.array_split(order[i * size:(i + 1) * size], self.num_replicas)[self.rank]
             with self.backend.activate():          # this may run on the prefetching thread: select the device here
                 xb = self.backend.upload(self.x[idx], dtype=self.dtype)
-                batch = (xb if self.transform is None else self.transform(xb),
+                batch = (xb if self.transform is None or not len(idx) else self.transform(xb),
                          self.backend.upload(self.y[idx].astype(np.int64)))
             yield batch
 

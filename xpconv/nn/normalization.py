@@ -21,7 +21,7 @@ from ..validation import check_real, int_tuple, positive_int, positive_real
 from .init import claim_elements
 from .module import Module, Parameter
 
-__all__ = ["BatchNorm1d", "BatchNorm2d", "BatchNorm3d", "LayerNorm", "GroupNorm"]
+__all__ = ["BatchNorm1d", "BatchNorm2d", "BatchNorm3d", "SyncBatchNorm", "LayerNorm", "GroupNorm"]
 
 
 def _standardize(xp, x, axes: tuple[int, ...], eps: float):
@@ -101,10 +101,12 @@ class _Normalization(Module):
             g = grad_output * xp.reshape(self.weight.data, shape)
         if view is not None:
             g, x_hat = xp.reshape(g, view), xp.reshape(x_hat, view)
-        axes = self._axes(x_hat)
-        mean_g = xp.mean(g, axis=axes, keepdims=True)
-        mean_gx = xp.mean(g * x_hat, axis=axes, keepdims=True)
+        mean_g, mean_gx = self._grad_means(xp, g, x_hat, self._axes(x_hat))
         return xp.reshape(inv_std * (g - mean_g - x_hat * mean_gx), tuple(grad_output.shape))
+
+    def _grad_means(self, xp, g, x_hat, axes: tuple[int, ...]):
+        """(mean(g), mean(g * x_hat)) over the statistics' ``axes``, kept as size-1 axes."""
+        return xp.mean(g, axis=axes, keepdims=True), xp.mean(g * x_hat, axis=axes, keepdims=True)
 
     def _check_input(self, x) -> None:  # pragma: no cover - every normalization overrides it
         raise NotImplementedError
@@ -164,11 +166,7 @@ class _BatchNorm(_Normalization):
         if self.running_mean is not None and self.running_var is not None and not self.training:
             inv_std = xp.reshape(1.0 / xp.sqrt(self.running_var + self.eps), shape)
             return (x - xp.reshape(self.running_mean, shape)) * inv_std, inv_std, None
-        count = math.prod(x.shape) // self.num_features                   # values per channel
-        if count < (2 if self.training else 1):
-            raise ValueError(f"{type(self).__name__} needs more than 1 value per channel in training (and one "
-                             f"without running statistics), got x of shape {tuple(x.shape)}")
-        x_hat, inv_std, mean, var = _standardize(xp, x, axes, self.eps)
+        x_hat, inv_std, mean, var, count = self._batch_standardize(xp, x, axes)
         seen = self.num_batches_tracked
         if self.training and seen is not None and self.running_mean is not None and self.running_var is not None:
             self.num_batches_tracked = seen = seen + 1
@@ -178,6 +176,17 @@ class _BatchNorm(_Normalization):
             self.running_mean = (1 - m) * self.running_mean + m * xp.reshape(mean, (c,))
             self.running_var = (1 - m) * self.running_var + (m * count / (count - 1)) * xp.reshape(var, (c,))
         return x_hat, inv_std, None
+
+    def _batch_standardize(self, xp, x, axes: tuple[int, ...]):
+        """(x_hat, inv_std, mean, var, values per channel) from the statistics of this batch."""
+        count = math.prod(x.shape) // self.num_features
+        self._check_count(count, x)
+        return (*_standardize(xp, x, axes, self.eps), count)
+
+    def _check_count(self, count: int, x) -> None:
+        if count < (2 if self.training else 1):
+            raise ValueError(f"{type(self).__name__} needs more than 1 value per channel in training (and one "
+                             f"without running statistics), got x of shape {tuple(x.shape)}")
 
     def extra_repr(self) -> str:
         return (f"{self.num_features}, eps={self.eps}, momentum={self.momentum}, affine={self.affine}, "
@@ -287,6 +296,104 @@ class BatchNorm3d(_BatchNorm):
     """
 
     ranks, layout = (5,), "(N, {c}, D, H, W)"
+
+
+class SyncBatchNorm(_BatchNorm):
+    """BatchNorm whose training statistics are those of the global batch, across the ranks of ``comm``.
+
+    As ``torch.nn.SyncBatchNorm``: x ``(N, C, *)`` on each rank; in training the mean and the biased variance
+    per channel are taken over every rank's batch (two small allreduces: the sums and the count, then the
+    squared deviations from the global mean), and backward sums ``g`` and ``g * x_hat`` over every rank (one
+    allreduce), so that N ranks compute exactly what one BatchNorm computes on their concatenated batches.
+    Eval uses the running statistics, which are updated from the global statistics and therefore stay equal
+    on every rank.  Build it from a model's BatchNorm layers with :meth:`convert_sync_batchnorm`.
+
+    Parameters
+    ----------
+    num_features, eps, momentum, affine, track_running_stats
+        As :class:`BatchNorm2d`.
+    comm : communicator or None, default None
+        Anything with ``size`` and ``allreduce(list_of_arrays) -> list`` (sum), e.g. one from
+        :func:`xpconv.distributed.init_communicator`; None (or size 1): the statistics of the local batch,
+        exactly as :class:`BatchNorm2d`.
+    backend, device, dtype
+        As :class:`BatchNorm2d`.
+
+    Raises
+    ------
+    ValueError
+        As :class:`BatchNorm2d`; in training, also when the global batch has one value per channel.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from xpconv import nn
+    >>> x = np.arange(16, dtype=np.float32).reshape(2, 2, 2, 2)
+    >>> bool(np.array_equal(nn.SyncBatchNorm(2)(x), nn.BatchNorm2d(2)(x)))     # one process: BatchNorm
+    True
+    """
+
+    ranks, layout = (2, 3, 4, 5), "(N, {c}, *)"
+
+    def __init__(self, num_features, eps=1e-5, momentum=0.1, affine=True, track_running_stats=True, *, comm=None,
+                 backend=None, device=None, dtype="float32"):
+        super().__init__(num_features, eps, momentum, affine, track_running_stats, backend=backend, device=device,
+                         dtype=dtype)
+        self.comm = comm
+        self._global_count = 0
+
+    @property
+    def _synced(self) -> bool:
+        """Statistics across ranks: in training only (as torch: eval without running statistics, where each
+        rank may see a different number of batches, uses the local batch's)."""
+        return self.training and self.comm is not None and self.comm.size > 1
+
+    def _batch_standardize(self, xp, x, axes: tuple[int, ...]):
+        if not self._synced:
+            return super()._batch_standardize(xp, x, axes)
+        shape = self._param_shape(x)
+        local = math.prod(x.shape) // self.num_features
+        counted = xp.asarray([float(local)], dtype=x.dtype, device=self.backend.device)
+        total, counted = self.comm.allreduce([xp.sum(x, axis=axes), counted])
+        count = round(float(counted[0]))                                   # the global values per channel
+        self._check_count(count, x)
+        mean = xp.reshape(total / count, shape)
+        centered = x - mean
+        (squares,) = self.comm.allreduce([xp.sum(centered * centered, axis=axes)])
+        var = xp.reshape(squares / count, shape)
+        inv_std = 1.0 / xp.sqrt(var + self.eps)
+        self._global_count = count
+        return centered * inv_std, inv_std, mean, var, count
+
+    def _grad_means(self, xp, g, x_hat, axes: tuple[int, ...]):
+        if not self._synced:
+            return super()._grad_means(xp, g, x_hat, axes)
+        sum_g, sum_gx = self.comm.allreduce([xp.sum(g, axis=axes), xp.sum(g * x_hat, axis=axes)])
+        shape = (1, self.num_features) + (1,) * (g.ndim - 2)
+        return xp.reshape(sum_g, shape) / self._global_count, xp.reshape(sum_gx, shape) / self._global_count
+
+    @classmethod
+    def convert_sync_batchnorm(cls, module: Module, comm=None) -> Module:
+        """``module`` with every BatchNorm1d/2d/3d inside it replaced by a SyncBatchNorm on ``comm``.
+
+        The new layers take over the old ones' Parameter objects (an optimizer built before stays valid) and
+        running statistics.  Containers are changed in place and returned; a BatchNorm ``module`` itself is
+        returned converted.
+        """
+        if isinstance(module, _BatchNorm) and not isinstance(module, cls):
+            sync = cls(module.num_features, module.eps, module.momentum, module.affine, module.track_running_stats,
+                       comm=comm, backend=module.backend, dtype=module.dtype_name)
+            sync.weight, sync.bias = module.weight, module.bias
+            for name in ("running_mean", "running_var", "num_batches_tracked"):
+                setattr(sync, name, getattr(module, name))
+            sync.training = module.training
+            return sync
+        for name, child in list(module._modules.items()):
+            converted = cls.convert_sync_batchnorm(child, comm)
+            if converted is not child:                      # replaced in place: a Sequential keeps its order
+                module._modules[name] = converted
+                object.__setattr__(module, name, converted)
+        return module
 
 
 # -- LayerNorm and GroupNorm --------------------------------------------------------------------------
