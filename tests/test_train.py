@@ -141,3 +141,24 @@ def test_plot_without_matplotlib(monkeypatch, tmp_path):
         monkeypatch.setitem(sys.modules, name, None)      # an import of any of them now fails
     with pytest.raises(ImportError, match=r'pip install "xpconv\[examples\]"'):
         plot_curves(History(), tmp_path / "x.png")
+
+
+def test_clip_grad_norm_bounds_every_update(digits64):
+    """Plain SGD with the gradients clipped to a total norm of c moves the weights by at most lr * c a step."""
+    from xpconv.optim import SGD
+
+    lr, clip = 0.5, 1e-3
+    moves = {}
+    for limit in (None, clip):
+        model = small_cnn(channels=(4, 8), seed=2)
+        before = np.concatenate([np.ravel(v) for v in model.state_dict().values()])
+        fit(model, digits64.subset(16), epochs=1, batch_size=16, optimizer=SGD(model.parameters(), lr=lr),
+            clip_grad_norm=limit, **_QUIET)
+        after = np.concatenate([np.ravel(v) for v in model.state_dict().values()])
+        moves[limit] = float(np.linalg.norm(after - before))         # one step: 16 images, batch 16
+    assert moves[clip] <= lr * clip * (1 + 1e-4)
+    assert moves[None] > 10 * lr * clip                                  # unclipped, the step is far larger
+    model = small_cnn(channels=(4, 8))
+    with pytest.raises(ValueError, match="clip_grad_norm"):
+        fit(model, digits64, epochs=1, batch_size=16, optimizer=SGD(model.parameters(), lr=lr), clip_grad_norm=0,
+            **_QUIET)

@@ -107,6 +107,7 @@ def test_resume_refuses_an_architecture_record_larger_than_the_checkpoint(tmp_pa
     (["--seed", "-1"], "--seed"),
     (["--label-smoothing", "2"], "--label-smoothing: must lie in [0.0, 1.0), got 2.0"),
     (["--weight-decay", "-0.1"], "--weight-decay: must lie in"),
+    (["--clip-grad-norm", "0"], "--clip-grad-norm: must lie in"),
     (["--data-dir", "{tmp}"], "data-dir"),
 ])
 def test_bad_outputs_and_arguments_fail_before_training(tmp_path, capsys, flags, match):

@@ -32,9 +32,10 @@ from .data import Compose, DataLoader, Dataset
 from .distributed import Communicator, allreduce_gradients, average_buffers, broadcast_state
 from .interrupt import StopRequest
 from .nn import CrossEntropyLoss, Module, Parameter
+from .nn.utils import clip_grad_norm_
 from .optim import SGD, Adam, Optimizer
 from .optim.lr_scheduler import CosineAnnealingLR, LinearLR, LRScheduler, MultiStepLR, OneCycleLR, SequentialLR
-from .validation import non_negative_int, positive_int
+from .validation import non_negative_int, positive_int, positive_real
 
 __all__ = ["DEFAULT_LR", "LR_SCHEDULES", "History", "TrainingDiverged", "make_optimizer", "make_scheduler",
            "evaluate", "fit", "plot_curves"]
@@ -225,7 +226,7 @@ def fit(model: Module, data: Dataset, *, epochs: int, batch_size: int, optimizer
         log: Callable[[str], object] = print, resume: dict[str, Any] | None = None,
         on_checkpoint: Callable[[dict[str, Any]], object] | None = None,
         stop: StopRequest | None = None, log_interval: int | None = None,
-        comm: Communicator | None = None) -> History:
+        comm: Communicator | None = None, clip_grad_norm: float | None = None) -> History:
     """Train ``model`` on ``data``, evaluating on its test split after every epoch; returns the :class:`History`.
 
     Parameters
@@ -264,6 +265,9 @@ def fit(model: Module, data: Dataset, *, epochs: int, batch_size: int, optimizer
         training step waits for the device.  The progress bar and the divergence check use these reads.
         None: every step on the CPU, where a read costs nothing (a diverging loss stops the run at its step),
         every 50 steps on a GPU.
+    clip_grad_norm : float or None
+        Scale the gradients to a total 2-norm of at most this before every optimizer step
+        (:func:`xpconv.nn.utils.clip_grad_norm_`, on the device: no wait); None: no clipping.
     comm : Communicator or None
         Data parallelism (:mod:`xpconv.distributed`): rank 0's weights are broadcast first, ``batch_size`` is
         per rank, each rank trains on its part of every global batch of ``comm.size * batch_size`` images,
@@ -284,6 +288,8 @@ def fit(model: Module, data: Dataset, *, epochs: int, batch_size: int, optimizer
     from tqdm.auto import tqdm
 
     epochs = positive_int("epochs", epochs)
+    if clip_grad_norm is not None:
+        clip_grad_norm = positive_real("clip_grad_norm", clip_grad_norm)
     if log_interval is None:
         log_interval = 50 if model.backend.is_gpu else 1
     log_interval = positive_int("log_interval", log_interval)
@@ -358,6 +364,8 @@ def fit(model: Module, data: Dataset, *, epochs: int, batch_size: int, optimizer
                                                    f"(now {optimizer.lr:.3g})")
                     else:
                         stops = stopped()
+                    if clip_grad_norm is not None:
+                        clip_grad_norm_(params, clip_grad_norm)
                     optimizer.step()
                 if scheduler is not None:
                     scheduler.step()

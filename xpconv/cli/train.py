@@ -40,9 +40,9 @@ DIVERGED_STATUS = 3   # the exit status of a run whose loss became NaN or infini
 
 # Per-model defaults of the training flags (docs/training.md explains each choice).
 _SMALL = dict(optimizer="adam", lr=None, batch_size=32, weight_decay=0.0, lr_schedule="cosine", warmup_epochs=0,
-              label_smoothing=0.0, augment=False)
+              label_smoothing=0.0, clip_grad_norm=None, augment=False)
 _RESNET = dict(optimizer="sgd", lr=0.1, batch_size=128, weight_decay=1e-4, lr_schedule="cosine", warmup_epochs=1,
-               label_smoothing=0.0, augment=True)
+               label_smoothing=0.0, clip_grad_norm=None, augment=True)
 MODEL_DEFAULTS: dict[str, dict[str, Any]] = {
     "small_cnn": _SMALL, "lenet5": _SMALL | dict(batch_size=64, augment=True),
     "resnet20": _RESNET, "resnet32": _RESNET, "resnet56": _RESNET}
@@ -177,7 +177,8 @@ def _train(args, comm: Communicator) -> int:
                           scheduler=scheduler, loss_fn=CrossEntropyLoss(label_smoothing=config["label_smoothing"]),
                           augment=augment, seed=config["seed"], progress=None if lead else False, log=say,
                           resume=resumed.progress if resumed else None,
-                          on_checkpoint=write_checkpoint if checkpoint_path and lead else None, stop=stop, comm=comm)
+                          on_checkpoint=write_checkpoint if checkpoint_path and lead else None, stop=stop, comm=comm,
+                          clip_grad_norm=config.get("clip_grad_norm"))
     except TrainingDiverged as exc:                  # on every rank at the same step: the loss is the global one
         if lead:
             print(f"xpconv train: error: {exc}; nothing was saved", file=sys.stderr)
@@ -264,6 +265,8 @@ def register(subparsers) -> None:
                    help="linear warm-up from lr/10 (default: 1 for the resnets, else 0)")
     p.add_argument("--weight-decay", type=cli_type(_fraction, float), default=None)
     p.add_argument("--label-smoothing", type=cli_type(_fraction, float), default=None)
+    p.add_argument("--clip-grad-norm", type=cli_type(positive_real, float), default=None, metavar="MAX",
+                   help="scale the gradients to a total 2-norm of at most MAX every step (default: no clipping)")
     p.add_argument("--augment", action=argparse.BooleanOptionalAction, default=None,
                    help="random crops and flips (default: on for the resnets)")
     p.add_argument("--seed", type=cli_type(non_negative_int), default=None,
