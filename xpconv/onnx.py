@@ -19,7 +19,8 @@ layer                                              ONNX
                                                    matrices
 ``AdaptiveMaxPool2d``                              ``GlobalMaxPool``; ``MaxPool`` when each output size divides the
                                                    input's (uneven bins: an error)
-``BatchNorm1d/2d/3d`` (running statistics)         ``BatchNormalization`` (inference form)
+``BatchNorm1d/2d/3d``, ``SyncBatchNorm``           ``BatchNormalization`` (inference form: the running
+                                                   statistics)
 ``LayerNorm``, ``GroupNorm``                       ``LayerNormalization``, ``GroupNormalization`` (opset 21)
 ``ReLU``, ``LeakyReLU``, ``ELU``, ``GELU``,        ``Relu``, ``LeakyRelu``, ``Elu``, ``Gelu``, ``Sigmoid``,
 ``Sigmoid``, ``SiLU``, ``Tanh``, ``Softmax``       ``x * Sigmoid(x)``, ``Tanh``, ``Softmax``
@@ -295,7 +296,7 @@ def _scale_and_bias(g: _Graph, layer: Any, shape: tuple[int, ...]) -> list[str]:
     return [g.const("scale", scale), g.const("bias", bias)]
 
 
-@_exports(nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+@_exports(nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
 def _batch_norm(g: _Graph, layer: Any, name: str, shape: tuple[int, ...], y: Any) -> str:
     if layer.running_mean is None or layer.running_var is None:
         raise _NotExpressible("without running statistics (track_running_stats=False) eval mode normalizes with "
