@@ -92,3 +92,14 @@ def instrument(monkeypatch) -> Iterator[Tally]:
         for name in _HOST_READS:
             m.setattr(array_type, name, read(name, getattr(array_type, name)))
         yield tally
+
+
+def every_state_model(backend, channels: int = 4):
+    """A small model with every kind of layer state (conv, batch-norm buffers, dropout generator, pooling,
+    linear) for 8x8 digits: what the device-discipline tests train."""
+    from xpconv import nn
+
+    on = dict(backend=backend)
+    return nn.Sequential(nn.Conv2d(1, channels, 3, padding=1, seed=0, **on), nn.BatchNorm2d(channels, **on),
+                         nn.ReLU(**on), nn.MaxPool2d(2, **on), nn.Dropout(0.2, seed=0, **on), nn.Flatten(**on),
+                         nn.Linear(channels * 4 * 4, 10, seed=1, **on))

@@ -11,7 +11,7 @@ import math
 
 import numpy as np
 import pytest
-from instrumented import instrument
+from instrumented import every_state_model, instrument
 
 from xpconv import nn
 from xpconv.backends import get_backend
@@ -27,14 +27,6 @@ def digits48():
     return load_dataset("digits", seed=0).subset(48)          # 3 steps per epoch
 
 
-def _model(backend):
-    """Every kind of layer state: conv, batch-norm buffers, dropout generator, pooling, linear."""
-    on = dict(backend=backend)
-    return nn.Sequential(nn.Conv2d(1, 4, 3, padding=1, seed=0, **on), nn.BatchNorm2d(4, **on), nn.ReLU(**on),
-                         nn.MaxPool2d(2, **on), nn.Dropout(0.2, seed=0, **on), nn.Flatten(**on),
-                         nn.Linear(4 * 4 * 4, 10, seed=1, **on))
-
-
 def _fit(model, data, log_interval, epochs=1):
     augment = Compose([RandomCrop(8, padding=1, seed=1), RandomHorizontalFlip(seed=2)])
     return fit(model, data, epochs=epochs, batch_size=BATCH, optimizer=Adam(model.parameters(), lr=1e-3),
@@ -44,7 +36,7 @@ def _fit(model, data, log_interval, epochs=1):
 def test_every_op_of_a_training_run_runs_under_the_device_context(monkeypatch, digits48):
     backend = get_backend("array_api_strict", "device1")
     with instrument(monkeypatch) as tally:
-        model = _model(backend)
+        model = every_state_model(backend)
         _fit(model, digits48, log_interval=1)
         evaluate(model, digits48.x_test, digits48.y_test)
     assert tally.ops["matmul"] + tally.ops["tensordot"] > 0 and tally.ops["take"] > 0   # it did count
@@ -64,7 +56,7 @@ def test_the_counter_sees_ops_outside_the_device_context(monkeypatch):
 def test_a_training_step_reads_the_host_once_per_logging_interval(monkeypatch, digits48, log_interval):
     """3 steps per epoch: the steps read ceil(3 / interval) times, the evaluation once; nothing else."""
     backend = get_backend("array_api_strict", "device1")
-    model = _model(backend)
+    model = every_state_model(backend)
     with instrument(monkeypatch) as tally:
         history = _fit(model, digits48, log_interval, epochs=2)
     assert sum(tally.reads.values()) == 2 * (math.ceil(3 / log_interval) + 1), dict(tally.reads)
@@ -74,7 +66,7 @@ def test_a_training_step_reads_the_host_once_per_logging_interval(monkeypatch, d
 
 def test_forward_backward_and_step_neither_read_nor_upload(monkeypatch, digits48):
     backend = get_backend("array_api_strict", "device1")
-    model = _model(backend)
+    model = every_state_model(backend)
     loss_fn, optimizer = nn.CrossEntropyLoss(label_smoothing=0.1), Adam(model.parameters(), lr=1e-3)
     x = backend.asarray(digits48.x_train[:BATCH])
     y = backend.asarray(digits48.y_train[:BATCH].astype(np.int64))

@@ -15,6 +15,7 @@ import warnings
 
 import numpy as np
 import pytest
+from instrumented import every_state_model
 
 from conftest import CUDA_COUNT, TORCH_CUDA
 from xpconv import nn
@@ -36,13 +37,6 @@ BATCH = 16
 @pytest.fixture(scope="module")
 def digits():
     return load_dataset("digits", seed=0).subset(96)          # 6 steps per epoch
-
-
-def _model(backend):
-    on = dict(backend=backend)
-    return nn.Sequential(nn.Conv2d(1, 8, 3, padding=1, seed=0, **on), nn.BatchNorm2d(8, **on), nn.ReLU(**on),
-                         nn.MaxPool2d(2, **on), nn.Dropout(0.2, seed=0, **on), nn.Flatten(**on),
-                         nn.Linear(8 * 4 * 4, 10, seed=1, **on))
 
 
 def _augment():
@@ -130,7 +124,7 @@ def no_uploads(monkeypatch, backend):
 @pytest.mark.parametrize("spec", SPECS)
 def test_training_steps_never_wait_for_the_gpu_nor_upload_in_forward_backward(spec, digits, monkeypatch):
     backend = get_backend(*spec)
-    model = _model(backend)
+    model = every_state_model(backend, channels=8)
     loss_fn, optimizer = nn.CrossEntropyLoss(), Adam(model.parameters(), lr=1e-3)
     loader = DataLoader(digits.x_train, digits.y_train, BATCH, seed=0, backend=backend, transform=_augment())
     total = None
@@ -155,7 +149,7 @@ def test_training_steps_never_wait_for_the_gpu_nor_upload_in_forward_backward(sp
 def test_fit_waits_at_most_once_per_logging_interval(spec, digits, monkeypatch, log_interval):
     """6 steps: ceil(6 / interval) reads, plus the epoch's timing synchronize and the evaluation's read."""
     backend = get_backend(*spec)
-    model = _model(backend)
+    model = every_state_model(backend, channels=8)
     with counted_syncs(monkeypatch, backend) as waits:
         fit(model, digits, epochs=1, batch_size=BATCH, optimizer=Adam(model.parameters(), lr=1e-3),
             augment=_augment(), progress=False, log=lambda line: None, log_interval=log_interval)
@@ -172,7 +166,7 @@ def test_a_training_run_on_the_second_gpu_puts_nothing_on_the_first(digits):
     with cupy.cuda.Device(0):
         cupy.get_default_memory_pool().free_all_blocks()
         before = cupy.get_default_memory_pool().used_bytes()
-    model = _model(backend)
+    model = every_state_model(backend, channels=8)
     optimizer = Adam(model.parameters(), lr=1e-3)
     history = fit(model, digits, epochs=1, batch_size=BATCH, optimizer=optimizer, augment=_augment(),
                   progress=False, log=lambda line: None)
