@@ -55,6 +55,14 @@ DOCS = {
             last bit on NumPy while the GEMMs take the same BLAS kernel), dL/dW to rounding (see
             docs/layers.md).  Raises ValueError when one output row alone needs more.
         """,
+    "algorithm": """
+        algorithm : {"auto", "im2col", "winograd"}, default "auto"
+            How the convolution is computed, like cuDNN's algorithm choice: ``"im2col"`` (any geometry, the
+            reference path), ``"winograd"`` (F(2x2, 3x3): 2-D, 3x3, stride 1, dilation 1, any padding and
+            groups; 2.25x fewer multiplications, slightly larger float32 rounding error) or ``"auto"``, which
+            is im2col until Winograd measures a clear win (see docs/algorithms.md).  A ValueError names why
+            Winograd cannot do a geometry.
+        """,
     # -- the convolution's hyper-parameters (xpconv.conv*d and nn.Conv*d) --
     "conv_hyper": """
         stride : int or tuple of int, default 1
