@@ -45,8 +45,8 @@ from ._typing import Array
 from .validation import positive_int
 
 __all__ = ["DEFAULT_MAX_WORKSPACE_BYTES", "batch_chunks", "check_max_workspace_bytes", "check_memory", "conv_forward",
-           "conv_backward", "conv_backward_data", "columns_grad", "data_grad_geometry", "flipped_geometry", "flipped_transposed_weight",
-           "format_bytes", "row_bands"]
+           "conv_backward", "conv_backward_data", "columns_grad", "data_grad_geometry", "flipped_geometry",
+           "flipped_transposed_weight", "format_bytes", "row_bands"]
 
 DEFAULT_MAX_WORKSPACE_BYTES = 256 * 2**20
 FLIPPED_DX_MAX_CHANNELS = 64

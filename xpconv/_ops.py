@@ -37,10 +37,10 @@ from ._winograd import winograd_backward, winograd_forward, winograd_unsupported
 from .backends import Backend, library_of
 from .validation import check_real
 
-__all__ = ["ALGORITHMS", "ConvContext", "choose_algorithm", "namespace_of", "ConvSpec", "prepare", "conv", "conv_grads", "conv_transpose",
-           "conv_transpose_grads", "conv_transpose_output_shape", "unfold", "fold", "DEFAULT_MAX_WORKSPACE_BYTES",
-           "DEFAULT_MAX_MEMORY_FRACTION", "SUPPORTED_DTYPES", "check_max_workspace_bytes", "max_memory_fraction",
-           "memory_limit"]
+__all__ = ["ALGORITHMS", "ConvContext", "choose_algorithm", "namespace_of", "ConvSpec", "prepare", "conv",
+           "conv_grads", "conv_transpose", "conv_transpose_grads", "conv_transpose_output_shape", "unfold", "fold",
+           "DEFAULT_MAX_WORKSPACE_BYTES", "DEFAULT_MAX_MEMORY_FRACTION", "SUPPORTED_DTYPES",
+           "check_max_workspace_bytes", "max_memory_fraction", "memory_limit"]
 
 SUPPORTED_DTYPES = ("float32", "float64")
 ALGORITHMS = ("auto", "im2col", "winograd")

@@ -16,7 +16,7 @@ Shapes::
     V       (4, 4, C, m, th, tw)  U  (4, 4, O, C // G)          M  (4, 4, O, m, th, tw)
 
 The input transform is a few elementwise passes over strided slices of the padded input (rows, then
-columns), as im2col gathers its taps; the kernel transform two small matrix products; the output transform
+columns), as im2col gathers its taps; the kernel transform one GEMM with G ⊗ G; the output transform
 elementwise passes again.  dL/dx is the Winograd convolution of dY with the flipped, transposed kernel
 (padding ``2 - p``: a negative one crops dY).  dL/dW is the adjoint of the same map:
 ``dU[ξ, ν] = dM[ξ, ν] · V[ξ, ν]ᵀ`` with ``dM = A dY Aᵀ`` per tile, then ``dW = Gᵀ dU G``; the GEMM
@@ -28,8 +28,6 @@ so a sample over the cap is a ValueError.  Rounding: the transforms add a few op
 results differ from the exact ones a little more than im2col's (docs/algorithms.md gives the measured bound).
 """
 from __future__ import annotations
-
-import math
 
 from array_api_compat import array_namespace, device
 
@@ -81,10 +79,10 @@ def _input_transform(xpad: Array, tiles: tuple[int, int]) -> Array:
     """V = Bᵀ d B for every 4x4 tile d of xpad (C, m, 2*th + 2, 2*tw + 2) -> (4, 4, C, m, th, tw)."""
     xp = array_namespace(xpad)
     th, tw = tiles
-    rows = [xpad[:, :, i:i + 2 * th:2, :] for i in range(4)]                     # (C, m, th, 2*tw + 2)
+    rows = [xpad[:, :, i:i + 2 * th - 1:2, :] for i in range(4)]                     # (C, m, th, 2*tw + 2)
     v = xp.empty((4, 4, *xpad.shape[:2], th, tw), dtype=xpad.dtype, device=device(xpad))
     for a, t in enumerate(_bt(rows)):
-        v[a, ...] = xp.stack(_bt([t[..., j:j + 2 * tw:2] for j in range(4)]))
+        v[a, ...] = xp.stack(_bt([t[..., j:j + 2 * tw - 1:2] for j in range(4)]))
     return v
 
 
@@ -103,17 +101,19 @@ def _a(dy):
     return [dy[0], dy[0] + dy[1], dy[0] - dy[1], -dy[1]]
 
 
-def _g_matrix(xp, like: Array) -> Array:
-    return xp.asarray(_G, dtype=like.dtype, device=device(like))
+# G ⊗ G (16x9): U = G g Gᵀ flattened, row-major, is (G ⊗ G) times g flattened
+_GG = tuple(tuple(_G[i][k] * _G[j][m] for k in range(3) for m in range(3)) for i in range(4) for j in range(4))
+
+
+def _gg(xp, like: Array) -> Array:
+    return xp.asarray(_GG, dtype=like.dtype, device=device(like))
 
 
 def _kernel_transform(weight: Array, groups: int) -> Array:
-    """U = G g Gᵀ: weight (O, C/G, 3, 3) -> (16, G, O/G, C/G)."""
+    """U = G g Gᵀ for every kernel, as one GEMM (G ⊗ G) · gᵀ: weight (O, C/G, 3, 3) -> (16, G, O/G, C/G)."""
     xp = array_namespace(weight)
     o, cg = weight.shape[:2]
-    g = _g_matrix(xp, weight)
-    u = xp.matmul(xp.matmul(g, weight), xp.matrix_transpose(g))                   # (O, C/G, 4, 4)
-    u = xp.permute_dims(u, (2, 3, 0, 1))
+    u = xp.matmul(_gg(xp, weight), xp.matrix_transpose(xp.reshape(weight, (o * cg, 9))))    # (16, O*C/G)
     return xp.reshape(u, (16, groups, o // groups, cg))
 
 
@@ -197,7 +197,7 @@ def winograd_backward(grad_output: Array, x: Array, weight: Array, geom: ConvGeo
     """(dL/dx or None, dL/dW) of y = conv(x, weight) by F(2x2, 3x3): dL/dx the Winograd convolution of dY with
     the flipped, transposed kernel, dL/dW the adjoint of the forward map, one GEMM per chunk summed."""
     xp = array_namespace(grad_output, x, weight)
-    n, c, *spatial = x.shape
+    c = x.shape[1]
     o, groups = weight.shape[0], geom.groups
     grad_input = None
     if need_input_grad:
@@ -219,6 +219,5 @@ def winograd_backward(grad_output: Array, x: Array, weight: Array, geom: ConvGeo
         du = part if du is None else du + part
     if du is None:                                                                # an empty batch
         return grad_input, xp.zeros(weight.shape, dtype=weight.dtype, device=device(weight))
-    du = xp.permute_dims(xp.reshape(du, (4, 4, o, c // groups)), (2, 3, 0, 1))    # (O, C/G, 4, 4)
-    g = _g_matrix(xp, weight)
-    return grad_input, xp.matmul(xp.matmul(xp.matrix_transpose(g), du), g)
+    dw = xp.matmul(xp.matrix_transpose(_gg(xp, weight)), xp.reshape(du, (16, o * (c // groups))))  # Gᵀ dU G
+    return grad_input, xp.reshape(xp.matrix_transpose(dw), weight.shape)
