@@ -82,7 +82,8 @@ def _input_transform(xpad: Array, tiles: tuple[int, int]) -> Array:
     rows = [xpad[:, :, i:i + 2 * th - 1:2, :] for i in range(4)]                     # (C, m, th, 2*tw + 2)
     v = xp.empty((4, 4, *xpad.shape[:2], th, tw), dtype=xpad.dtype, device=device(xpad))
     for a, t in enumerate(_bt(rows)):
-        v[a, ...] = xp.stack(_bt([t[..., j:j + 2 * tw - 1:2] for j in range(4)]))
+        for b, tile in enumerate(_bt([t[..., j:j + 2 * tw - 1:2] for j in range(4)])):
+            v[a, b, ...] = tile
     return v
 
 
@@ -137,7 +138,8 @@ def _output_adjoint(dy: Array, tiles: tuple[int, int]) -> Array:
     full[:, :, :ho, :wo] = xp.permute_dims(dy, (1, 0, 2, 3))
     dm = xp.empty((4, 4, o, m, th, tw), dtype=dy.dtype, device=device(dy))
     for a, t in enumerate(_a([full[:, :, r::2, :] for r in range(2)])):           # (O, m, th, 2*tw)
-        dm[a, ...] = xp.stack(_a([t[..., s::2] for s in range(2)]))
+        for b, tile in enumerate(_a([t[..., s::2] for s in range(2)])):
+            dm[a, b, ...] = tile
     return dm
 
 
