@@ -165,3 +165,20 @@ def test_an_empty_batch(backend):
     assert tuple(y.shape) == (0, 3, 5, 5)
     dx, dw, _ = xpconv.conv2d_backward(y, x, w, padding=1, algorithm="winograd")
     assert tuple(dx.shape) == (0, 2, 5, 5) and float(as_numpy(dw).sum()) == 0.0
+
+
+@pytest.mark.parametrize("channels_last, unbatched", [(True, False), (False, True), (True, True)])
+def test_channels_last_and_unbatched_inputs(backend, rng, channels_last, unbatched):
+    """The op layer's layouts reach Winograd channels-first and batched: the same values as im2col (float64)."""
+    x = rng.standard_normal((2, 5, 6, 4) if channels_last else (2, 4, 5, 6))
+    w = rng.standard_normal((6, 3, 3, 2) if channels_last else (6, 2, 3, 3))
+    if unbatched:
+        x = x[0]
+    xb, wb = backend.asarray(x, dtype="float64"), backend.asarray(w, dtype="float64")
+    kw = dict(padding=1, groups=2, channels_last=channels_last)
+    results = []
+    for algorithm in ("im2col", "winograd"):
+        y = xpconv.conv2d(xb, wb, algorithm=algorithm, **kw)
+        results.append([as_numpy(a) for a in (y, *xpconv.conv2d_backward(y, xb, wb, algorithm=algorithm, **kw))])
+    for a, b in zip(*results, strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)

@@ -24,8 +24,8 @@ elementwise passes again.  dL/dx is the Winograd convolution of dY with the flip
 
 The batch is processed in chunks whose workspace stays under ``max_workspace_bytes`` (and
 ``cache_chunk_bytes`` where given), as in :mod:`xpconv._engine`; Winograd does not split a sample into row bands,
-so a sample over the cap is a ValueError.  Rounding: the transforms add a few operations per output, so float32
-results differ from the exact ones a little more than im2col's (docs/algorithms.md gives the measured bound).
+so a sample over the cap is a ValueError.  Rounding: the transforms hold only 0, ±1 and ±½; the float32 error
+measured at im2col's level, and docs/algorithms.md states the bound the tests hold it to.
 """
 from __future__ import annotations
 
