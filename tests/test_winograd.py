@@ -1,6 +1,8 @@
 """algorithm="winograd" (F(2x2, 3x3)) and "auto" against the float64 loop reference, on every backend."""
 from __future__ import annotations
 
+import tracemalloc
+
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -182,3 +184,24 @@ def test_channels_last_and_unbatched_inputs(backend, rng, channels_last, unbatch
         results.append([as_numpy(a) for a in (y, *xpconv.conv2d_backward(y, xb, wb, algorithm=algorithm, **kw))])
     for a, b in zip(*results, strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("shape", [(32, 3, 17, 32), (32, 32, 17, 3), (64, 16, 32, 8)])
+@pytest.mark.parametrize("cap", [2 * 2**20, 4 * 2**20])
+def test_workspace_stays_under_the_cap(rng, shape, cap):
+    """NumPy, tracemalloc: the peak of each pass beyond its results stays under max_workspace_bytes (5 % slack for
+    Python objects), where the whole batch's workspace is more than twice the cap."""
+    n, c, h, o = shape
+    x, w, dy = rng.standard_normal((n, c, h, h)), rng.standard_normal((o, c, 3, 3)), rng.standard_normal((n, o, h, h))
+    kw = dict(padding=1, algorithm="winograd", max_workspace_bytes=cap)
+    xpconv.conv2d(x[:1], w, **kw)                                           # imports and caches first
+    tracemalloc.start()
+    y = xpconv.conv2d(x, w, **kw)
+    forward_peak = tracemalloc.get_traced_memory()[1] - y.nbytes
+    tracemalloc.stop()
+    tracemalloc.start()
+    dx, dw, db = xpconv.conv2d_backward(dy, x, w, **kw)
+    backward_peak = tracemalloc.get_traced_memory()[1] - dx.nbytes - dw.nbytes - db.nbytes
+    tracemalloc.stop()
+    assert n * 8 * winograd._per_sample(c, o, ((h + 1) // 2, (h + 1) // 2)) > 2 * cap
+    assert forward_peak <= 1.05 * cap and backward_peak <= 1.05 * cap, (forward_peak / cap, backward_peak / cap)

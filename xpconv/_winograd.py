@@ -144,11 +144,11 @@ def _output_adjoint(dy: Array, tiles: tuple[int, int]) -> Array:
 
 
 def _per_sample(c: int, o: int, tiles: tuple[int, int]) -> int:
-    """Workspace elements per sample, an upper bound for both passes: padded x and its row pass, V, then
-    M and y's tiles (forward) or dY's padded copy, its row pass and dM (dL/dW)."""
+    """Workspace elements per sample, an upper bound for both passes: padded x, its row pass, V and a column
+    pass's temporaries; then with V, M and the output pass (forward) or dY's copy, its row pass and dM (dL/dW)."""
     th, tw = tiles
     t = th * tw
-    return c * ((2 * th + 2) * (2 * tw + 2) + 4 * th * (2 * tw + 2) + 16 * t) + 28 * o * t
+    return c * ((2 * th + 2) * (2 * tw + 2) + 4 * th * (2 * tw + 2) + 20 * t) + 30 * o * t
 
 
 def _chunks(what: str, x_shape, w_shape, per_sample: int, itemsize: int, max_workspace_bytes,
@@ -187,6 +187,7 @@ def winograd_forward(x: Array, weight: Array, bias: Array | None, geom: ConvGeom
         v = xp.reshape(v, (16, groups, c // groups, m * tiles[0] * tiles[1]))
         mm = xp.reshape(xp.matmul(u, v), (4, 4, o, m, *tiles))
         y[sl, ...] = _output_transform(mm, out)
+        v = mm = None                                                             # freed before the next chunk's
     if bias is not None:
         y += xp.reshape(bias, (1, o, 1, 1))
     return y
@@ -219,6 +220,7 @@ def winograd_backward(grad_output: Array, x: Array, weight: Array, geom: ConvGeo
         dm = xp.reshape(_output_adjoint(grad_output[sl, ...], tiles), (16, groups, o // groups, p))
         part = xp.matmul(dm, xp.matrix_transpose(v))                              # (16, G, O/G, C/G)
         du = part if du is None else du + part
+        v = dm = part = None                                                      # freed before the next chunk's
     if du is None:                                                                # an empty batch
         return grad_input, xp.zeros(weight.shape, dtype=weight.dtype, device=device(weight))
     dw = xp.matmul(xp.matrix_transpose(_gg(xp, weight)), xp.reshape(du, (16, o * (c // groups))))  # Gᵀ dU G
