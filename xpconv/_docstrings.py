@@ -56,6 +56,14 @@ DOCS = {
             docs/layers.md).  Raises ValueError when one output row alone needs more.  On a GPU the
             default grows to half the memory the device has free (docs/gpu.md).
         """,
+    "algorithm": """
+        algorithm : {"auto", "im2col", "winograd"}, default "auto"
+            How the convolution is computed, like cuDNN's algorithm choice: ``"im2col"`` (any geometry, the
+            reference path), ``"winograd"`` (F(2x2, 3x3): 2-D, 3x3, stride 1, dilation 1, any padding and
+            groups; 2.25x fewer multiplications, float32 error within a tested bound) or ``"auto"``, which
+            is im2col until Winograd measures a clear win (see docs/algorithms.md).  A ValueError names why
+            Winograd cannot do a geometry.
+        """,
     # -- the convolution's hyper-parameters (xpconv.conv*d and nn.Conv*d) --
     "conv_hyper": """
         stride : int or tuple of int, default 1

@@ -44,9 +44,9 @@ from ._geometry import ConvGeometry
 from ._typing import Array
 from .validation import positive_int
 
-__all__ = ["DEFAULT_MAX_WORKSPACE_BYTES", "batch_chunks", "check_max_workspace_bytes", "conv_forward", "conv_backward",
-           "conv_backward_data", "columns_grad", "data_grad_geometry", "flipped_geometry", "flipped_transposed_weight",
-           "format_bytes", "row_bands"]
+__all__ = ["DEFAULT_MAX_WORKSPACE_BYTES", "batch_chunks", "check_max_workspace_bytes", "check_memory", "conv_forward",
+           "conv_backward", "conv_backward_data", "columns_grad", "data_grad_geometry", "flipped_geometry",
+           "flipped_transposed_weight", "format_bytes", "row_bands"]
 
 DEFAULT_MAX_WORKSPACE_BYTES = 256 * 2**20
 FLIPPED_DX_MAX_CHANNELS = 64
@@ -144,7 +144,7 @@ def _units(what: str, x_shape: tuple[int, ...], w_shape: tuple[int, ...], geom: 
     if cap is None or per_sample * itemsize <= cap or n == 0:
         chunks = batch_chunks(n, itemsize * per_sample, cap, None if geom.is_pointwise else cache_chunk_bytes)
         biggest = max((sl.stop - sl.start for sl in chunks), default=0) * per_sample * itemsize
-        _check_memory(what, x_shape, w_shape, biggest, memory_limit)
+        check_memory(what, x_shape, w_shape, biggest, memory_limit)
         return [_Unit(sl, layout) for sl in chunks]
     per_row, fixed, builds_columns = band_cost
     s, d, k = geom.stride[0], geom.dilation[0], geom.kernel[0]
@@ -158,12 +158,13 @@ def _units(what: str, x_shape: tuple[int, ...], w_shape: tuple[int, ...], geom: 
                          f"one output row of one sample needs {format_bytes(elements(1) * itemsize)} "
                          f"({elements(1) * itemsize} bytes) of workspace; raise the cap or pass None")
     rows = min(geom.output_shape(spatial)[0], (cap // itemsize - elements(0)) // (per_row + pad_row * s))
-    _check_memory(what, x_shape, w_shape, elements(rows) * itemsize, memory_limit)
+    check_memory(what, x_shape, w_shape, elements(rows) * itemsize, memory_limit)
     bands = row_bands(geom, spatial, rows, layout.batch_inner)
     return [_Unit(slice(i, i + 1), lay, out_rows, in_rows) for i in range(n) for out_rows, in_rows, lay in bands]
 
 
-def _check_memory(what: str, x_shape, w_shape, nbytes: int, memory_limit: int | None) -> None:
+def check_memory(what: str, x_shape, w_shape, nbytes: int, memory_limit: int | None) -> None:
+    """MemoryError naming ``what`` when a workspace of ``nbytes`` exceeds ``memory_limit`` (None: no limit)."""
     if memory_limit is not None and nbytes > memory_limit:
         raise MemoryError(f"{what} of x {x_shape} with weight {w_shape} asks for a workspace of "
                           f"{format_bytes(nbytes)} ({nbytes} bytes), more than the {format_bytes(memory_limit)} "

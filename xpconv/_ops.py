@@ -33,15 +33,17 @@ from ._engine import (
 )
 from ._geometry import ConvGeometry, make_geometry
 from ._typing import Array
+from ._winograd import winograd_backward, winograd_forward, winograd_unsupported
 from .backends import Backend, library_of
 from .validation import check_real
 
-__all__ = ["ConvContext", "namespace_of", "ConvSpec", "prepare", "conv", "conv_grads", "conv_transpose",
-           "conv_transpose_grads", "conv_transpose_output_shape", "unfold", "fold", "DEFAULT_MAX_WORKSPACE_BYTES",
-           "DEFAULT_MAX_MEMORY_FRACTION", "SUPPORTED_DTYPES", "check_max_workspace_bytes", "max_memory_fraction",
-           "memory_limit", "engine_policy"]
+__all__ = ["ALGORITHMS", "ConvContext", "choose_algorithm", "namespace_of", "ConvSpec", "prepare", "conv",
+           "conv_grads", "conv_transpose", "conv_transpose_grads", "conv_transpose_output_shape", "unfold", "fold",
+           "DEFAULT_MAX_WORKSPACE_BYTES", "DEFAULT_MAX_MEMORY_FRACTION", "SUPPORTED_DTYPES",
+           "check_max_workspace_bytes", "max_memory_fraction", "memory_limit", "engine_policy"]
 
 SUPPORTED_DTYPES = ("float32", "float64")
+ALGORITHMS = ("auto", "im2col", "winograd")
 DEFAULT_MAX_MEMORY_FRACTION = 0.9
 _FRACTION_VARIABLE = "XPCONV_MAX_MEMORY_FRACTION"
 
@@ -78,6 +80,25 @@ def engine_policy(backend: Backend, max_workspace_bytes: int | None) -> dict[str
         max_workspace_bytes = max(DEFAULT_MAX_WORKSPACE_BYTES, limit // 2)
     return {"max_workspace_bytes": max_workspace_bytes, "cache_chunk_bytes": backend.cache_chunk_bytes,
             "batch_inner": backend.batch_inner_gemm, "gather": backend.gather_columns, "memory_limit": limit}
+
+
+def _winograd_policy(policy: dict[str, Any]) -> dict[str, Any]:
+    """The part of :func:`engine_policy` Winograd takes (it has no column or GEMM-batching choices)."""
+    return {k: policy[k] for k in ("max_workspace_bytes", "cache_chunk_bytes", "memory_limit")}
+
+
+def choose_algorithm(algorithm: object, geom: ConvGeometry) -> str:
+    """The algorithm that computes a convolution of geometry ``geom`` when ``algorithm`` is asked for.
+
+    ``"im2col"`` (any geometry) and ``"winograd"`` (F(2x2, 3x3): 2-D 3x3 stride-1 dilation-1 kernels) are
+    taken as asked; ValueError when Winograd cannot do ``geom``, naming why, or for an unknown name.
+    ``"auto"`` is im2col: Winograd measured no clear win on the suite's layers (docs/algorithms.md).
+    """
+    if algorithm not in ALGORITHMS:
+        raise ValueError(f"algorithm must be one of {', '.join(map(repr, ALGORITHMS))}, got {algorithm!r}")
+    if algorithm == "winograd" and (why := winograd_unsupported(geom)) is not None:
+        raise ValueError(f"algorithm='winograd' cannot compute this convolution: {why}; use 'im2col' or 'auto'")
+    return "im2col" if algorithm == "auto" else str(algorithm)
 
 
 def namespace_of(*arrays: Array | None, names: Sequence[str] | None = None) -> Any:
@@ -130,6 +151,7 @@ class ConvContext:
     out_shape: tuple[int, ...]
     backend: Backend
     cols: Array | None = None
+    algorithm: str = "im2col"
 
 
 def _weight_layout(channels_last: bool) -> str:
@@ -220,14 +242,20 @@ def _finish(xp: Any, a: Array, batched: bool, channels_last: bool) -> Array:
 
 
 def conv(x: Array, weight: Array, bias: Array | None, geom: ConvGeometry | ConvSpec, *, channels_last: bool = False,
-         max_workspace_bytes: int | None = DEFAULT_MAX_WORKSPACE_BYTES,
-         keep_cols: bool = False) -> tuple[Array, ConvContext]:
-    """Validated forward pass: (y in the caller's layout, the :class:`ConvContext` backward needs)."""
+         max_workspace_bytes: int | None = DEFAULT_MAX_WORKSPACE_BYTES, keep_cols: bool = False,
+         algorithm: str = "auto") -> tuple[Array, ConvContext]:
+    """Validated forward pass: (y in the caller's layout, the :class:`ConvContext` backward needs).
+
+    ``algorithm``: see :func:`choose_algorithm`; backward uses the one chosen here."""
     check_max_workspace_bytes(max_workspace_bytes)
     ctx = prepare(x, weight, bias, geom, channels_last=channels_last)
+    ctx.algorithm = choose_algorithm(algorithm, ctx.geom)
+    policy = engine_policy(ctx.backend, max_workspace_bytes)
     with ctx.backend.activate():                     # the functional API too allocates on the inputs' device
-        y, ctx.cols = conv_forward(ctx.x, ctx.weight, bias, ctx.geom, keep_cols=keep_cols,
-                                   **engine_policy(ctx.backend, max_workspace_bytes))
+        if ctx.algorithm == "winograd":
+            y = winograd_forward(ctx.x, ctx.weight, bias, ctx.geom, **_winograd_policy(policy))
+        else:
+            y, ctx.cols = conv_forward(ctx.x, ctx.weight, bias, ctx.geom, keep_cols=keep_cols, **policy)
         return _finish(ctx.xp, y, ctx.batched, channels_last), ctx
 
 
@@ -245,9 +273,14 @@ def conv_grads(ctx: ConvContext, grad_output: Array, *, max_workspace_bytes: int
             expected.append(expected.pop(-nd - 1))
         raise ValueError(f"grad_output must have the output's shape {tuple(expected)}, "
                          f"got {tuple(grad_output.shape)}")
+    policy = engine_policy(ctx.backend, max_workspace_bytes)
     with ctx.backend.activate():
-        grad_x, grad_w = conv_backward(dy, ctx.x, ctx.weight, ctx.geom, cols=ctx.cols, need_input_grad=need_input_grad,
-                                       **engine_policy(ctx.backend, max_workspace_bytes))
+        if ctx.algorithm == "winograd":
+            grad_x, grad_w = winograd_backward(dy, ctx.x, ctx.weight, ctx.geom, need_input_grad=need_input_grad,
+                                               **_winograd_policy(policy))
+        else:
+            grad_x, grad_w = conv_backward(dy, ctx.x, ctx.weight, ctx.geom, cols=ctx.cols,
+                                           need_input_grad=need_input_grad, **policy)
         grad_b = xp.sum(dy, axis=(0, *range(2, dy.ndim)))
         grad_w = _from_channels_first(xp, grad_w, ctx.channels_last)
         if grad_x is not None:

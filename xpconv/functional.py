@@ -8,7 +8,7 @@ device come from the inputs, and so do those of every result.
 from __future__ import annotations
 
 from ._docstrings import CONV_ND, fill_doc
-from ._ops import DEFAULT_MAX_WORKSPACE_BYTES, ConvSpec, conv, conv_grads, prepare
+from ._ops import DEFAULT_MAX_WORKSPACE_BYTES, ConvSpec, choose_algorithm, conv, conv_grads, prepare
 
 __all__ = [
     "conv1d", "conv2d", "conv3d",
@@ -16,15 +16,17 @@ __all__ = [
 ]
 
 
-def _conv(nd, x, weight, bias, stride, padding, dilation, groups, channels_last, max_workspace_bytes):
+def _conv(nd, x, weight, bias, stride, padding, dilation, groups, channels_last, max_workspace_bytes, algorithm):
     spec = ConvSpec(nd, stride, padding, dilation, groups)
-    return conv(x, weight, bias, spec, channels_last=channels_last, max_workspace_bytes=max_workspace_bytes)[0]
+    return conv(x, weight, bias, spec, channels_last=channels_last, max_workspace_bytes=max_workspace_bytes,
+                algorithm=algorithm)[0]
 
 
 def _conv_backward(nd, grad_output, x, weight, stride, padding, dilation, groups, channels_last,
-                   max_workspace_bytes):
+                   max_workspace_bytes, algorithm):
     spec = ConvSpec(nd, stride, padding, dilation, groups)
     ctx = prepare(x, weight, None, spec, channels_last=channels_last, grad_output=grad_output)
+    ctx.algorithm = choose_algorithm(algorithm, ctx.geom)
     return conv_grads(ctx, grad_output, max_workspace_bytes=max_workspace_bytes)
 
 
@@ -56,6 +58,7 @@ _CONV_BODY = """
     channels_last : bool, default False
         Take and return ``x``, ``weight`` and ``y`` with the channels as the last axis (layouts above).
     {max_workspace_bytes}
+    {algorithm}
 
     Returns
     -------
@@ -75,7 +78,8 @@ _CONV_BODY = """
         {bad_conv_hyper};
         ``groups`` does not divide ``C`` or ``O``; ``C`` differs from ``weight``'s ``C // groups`` times
         ``groups``; the dilated kernel is larger than the padded input; ``bias`` is not ``(O,)``;
-        ``max_workspace_bytes`` is not a positive int or None, or is smaller than one output row's workspace.
+        ``max_workspace_bytes`` is not a positive int or None, or is smaller than one output row's workspace
+        (with Winograd: one sample's); ``algorithm`` is unknown, or ``"winograd"`` for a geometry it cannot do.
     MemoryError
         If the workspace would exceed ``$XPCONV_MAX_MEMORY_FRACTION`` (default 0.9) of the device's free memory.
 
@@ -104,6 +108,8 @@ _BACKWARD_BODY = """
         The forward call's hyper-parameters, with the meanings given in :func:`conv{nd}d`.
     max_workspace_bytes : int or None, default 256 MiB
         Bound on the workspace, as in :func:`conv{nd}d`.
+    algorithm : {"auto", "im2col", "winograd"}, default "auto"
+        The algorithm, as in :func:`conv{nd}d`.
 
     Returns
     -------
@@ -129,7 +135,7 @@ _BACKWARD_BODY = """
 
 @fill_doc(body=_CONV_BODY, **CONV_ND[1])
 def conv1d(x, weight, bias=None, *, stride=1, padding=0, dilation=1, groups=1, channels_last=False,
-           max_workspace_bytes=_WS):
+           max_workspace_bytes=_WS, algorithm="auto"):
     """1-D convolution (PyTorch's ``torch.nn.functional.conv1d``).
 
     {body}
@@ -146,12 +152,12 @@ def conv1d(x, weight, bias=None, *, stride=1, padding=0, dilation=1, groups=1, c
     >>> xpconv.conv1d(x, w)[0, 0].tolist()
     [9.0, 9.0, 9.0, 9.0, 9.0, 9.0, 9.0, 9.0]
     """
-    return _conv(1, x, weight, bias, stride, padding, dilation, groups, channels_last, max_workspace_bytes)
+    return _conv(1, x, weight, bias, stride, padding, dilation, groups, channels_last, max_workspace_bytes, algorithm)
 
 
 @fill_doc(body=_CONV_BODY, **CONV_ND[2])
 def conv2d(x, weight, bias=None, *, stride=1, padding=0, dilation=1, groups=1, channels_last=False,
-           max_workspace_bytes=_WS):
+           max_workspace_bytes=_WS, algorithm="auto"):
     """2-D convolution (PyTorch's ``torch.nn.functional.conv2d``).
 
     {body}
@@ -174,12 +180,12 @@ def conv2d(x, weight, bias=None, *, stride=1, padding=0, dilation=1, groups=1, c
     >>> xpconv.conv2d(x_nhwc, np.ones((2, 3, 3, 1), dtype=np.float32), channels_last=True).shape
     (1, 2, 2, 2)
     """
-    return _conv(2, x, weight, bias, stride, padding, dilation, groups, channels_last, max_workspace_bytes)
+    return _conv(2, x, weight, bias, stride, padding, dilation, groups, channels_last, max_workspace_bytes, algorithm)
 
 
 @fill_doc(body=_CONV_BODY, **CONV_ND[3])
 def conv3d(x, weight, bias=None, *, stride=1, padding=0, dilation=1, groups=1, channels_last=False,
-           max_workspace_bytes=_WS):
+           max_workspace_bytes=_WS, algorithm="auto"):
     """3-D convolution (PyTorch's ``torch.nn.functional.conv3d``).
 
     {body}
@@ -195,12 +201,12 @@ def conv3d(x, weight, bias=None, *, stride=1, padding=0, dilation=1, groups=1, c
     >>> int(y.sum())
     864
     """
-    return _conv(3, x, weight, bias, stride, padding, dilation, groups, channels_last, max_workspace_bytes)
+    return _conv(3, x, weight, bias, stride, padding, dilation, groups, channels_last, max_workspace_bytes, algorithm)
 
 
 @fill_doc(body=_BACKWARD_BODY, **CONV_ND[1])
 def conv1d_backward(grad_output, x, weight, *, stride=1, padding=0, dilation=1, groups=1, channels_last=False,
-                    max_workspace_bytes=_WS):
+                    max_workspace_bytes=_WS, algorithm="auto"):
     """Gradients of :func:`conv1d`: (grad_input, grad_weight, grad_bias) for ``grad_output = dL/dy``.
 
     {body}
@@ -217,12 +223,12 @@ def conv1d_backward(grad_output, x, weight, *, stride=1, padding=0, dilation=1, 
     [16.0, 16.0, 16.0, 16.0]
     """
     return _conv_backward(1, grad_output, x, weight, stride, padding, dilation, groups, channels_last,
-                          max_workspace_bytes)
+                          max_workspace_bytes, algorithm)
 
 
 @fill_doc(body=_BACKWARD_BODY, **CONV_ND[2])
 def conv2d_backward(grad_output, x, weight, *, stride=1, padding=0, dilation=1, groups=1, channels_last=False,
-                    max_workspace_bytes=_WS):
+                    max_workspace_bytes=_WS, algorithm="auto"):
     """Gradients of :func:`conv2d`: (grad_input, grad_weight, grad_bias) for ``grad_output = dL/dy``.
 
     {body}
@@ -241,12 +247,12 @@ def conv2d_backward(grad_output, x, weight, *, stride=1, padding=0, dilation=1, 
     [16.0, 16.0]
     """
     return _conv_backward(2, grad_output, x, weight, stride, padding, dilation, groups, channels_last,
-                          max_workspace_bytes)
+                          max_workspace_bytes, algorithm)
 
 
 @fill_doc(body=_BACKWARD_BODY, **CONV_ND[3])
 def conv3d_backward(grad_output, x, weight, *, stride=1, padding=0, dilation=1, groups=1, channels_last=False,
-                    max_workspace_bytes=_WS):
+                    max_workspace_bytes=_WS, algorithm="auto"):
     """Gradients of :func:`conv3d`: (grad_input, grad_weight, grad_bias) for ``grad_output = dL/dy``.
 
     {body}
@@ -261,4 +267,4 @@ def conv3d_backward(grad_output, x, weight, *, stride=1, padding=0, dilation=1, 
     ((1, 2, 4, 4, 4), (4, 1, 3, 3, 3), [8.0, 8.0, 8.0, 8.0])
     """
     return _conv_backward(3, grad_output, x, weight, stride, padding, dilation, groups, channels_last,
-                          max_workspace_bytes)
+                          max_workspace_bytes, algorithm)

@@ -22,6 +22,16 @@ def _backends(text: str) -> list[str]:
     return names
 
 
+def _algorithms(text: str) -> list[str]:
+    from .._ops import ALGORITHMS
+
+    names = [a.strip() for a in text.split(",") if a.strip()]
+    bad = [a for a in names if a not in ALGORITHMS]
+    if bad or not names:
+        raise argparse.ArgumentTypeError(f"unknown algorithm(s) {bad}; choose from {','.join(ALGORITHMS)}")
+    return list(dict.fromkeys(names))
+
+
 def register(subparsers) -> None:
     p = subparsers.add_parser(
         "bench", help="benchmark the convolution suite on the backends",
@@ -31,6 +41,11 @@ def register(subparsers) -> None:
     p.add_argument("--backends", type=_backends, default=["numpy", "torch", "torch-ref"],
                    help=f"comma-separated from {','.join(BACKEND_CHOICES)}; torch-ref is torch.nn.functional.conv*d "
                         "with autograd. Unavailable ones are skipped with a note (default: numpy,torch,torch-ref)")
+    p.add_argument("--algorithms", type=_algorithms, default=["auto"],
+                   help="comma-separated from auto,im2col,winograd: each xpconv backend runs each algorithm side by "
+                        "side, as a row named backend:algorithm (auto: the backend's name); an algorithm is skipped "
+                        "on layers it cannot compute (winograd: 2-D 3x3 stride 1). Prints what auto chose per layer "
+                        "(default: auto)")
     p.add_argument("--layers", default="all",
                    help=f"all, quick ({','.join(QUICK)}), comma-separated names "
                         f"({', '.join(layer.name for layer in SUITE)}), or custom layers 'N,C,S,O,k,stride,pad"
@@ -91,7 +106,7 @@ def run(args) -> int:
 
         return run_model(args, threads)
     cap = DEFAULT_MAX_WORKSPACE_BYTES if args.max_workspace_bytes is None else args.max_workspace_bytes
-    runners, skipped = make_runners(args.backends, args.torch_device)
+    runners, skipped = make_runners(args.backends, args.torch_device, args.algorithms)
     if not runners:
         print("error: none of the requested backends can run here", file=sys.stderr)
         return 1
@@ -118,6 +133,9 @@ def run(args) -> int:
     print(report.markdown_table(rows, layers))
     print()
     print(report.summary_lines(summary))
+    auto = report.auto_choices(layers)
+    print()
+    print("auto chose: " + ", ".join(f"{name} {alg}" for name, alg in auto.items()))
     if sweep:
         print()
         print(report.sweep_table(sweep))
@@ -130,10 +148,11 @@ def run(args) -> int:
     if args.json:
         report.write_json(args.json, {
             "environment": env,
-            "config": {"backends": args.backends, "layers": [layer.as_dict() for layer in layers],
+            "config": {"backends": args.backends, "algorithms": args.algorithms,
+                       "layers": [layer.as_dict() for layer in layers],
                        "repeats": args.repeats, "warmup": args.warmup, "threads": threads,
                        "max_workspace_bytes": cap, "torch_device": args.torch_device, "tf32": args.tf32},
-            "results": rows, "summary": summary, "memory_sweep": sweep, "skipped": skipped})
+            "results": rows, "summary": summary, "auto_chose": auto, "memory_sweep": sweep, "skipped": skipped})
         print(f"wrote {args.json}", file=sys.stderr)
     if args.plot:
         if not report.plot_suite(rows, args.plot, title):

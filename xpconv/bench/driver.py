@@ -13,12 +13,15 @@ from .suite import MEMORY_SWEEP_BATCHES, MEMORY_SWEEP_LAYER, SUITE
 __all__ = ["make_runners", "run_suite", "memory_sweep", "summarize"]
 
 
-def make_runners(names, torch_device: str = "cpu"):
-    """(runners, skipped): the backends that run here, and {name: reason} for those that cannot."""
+def make_runners(names, torch_device: str = "cpu", algorithms=("auto",)):
+    """(runners, skipped): the backends that run here, and {name: reason} for those that cannot.
+
+    xpconv's backends get one runner per algorithm in ``algorithms``; torch-ref one."""
     runners, skipped = [], {}
-    for name in names:
+    jobs = [(name, alg) for name in names for alg in (("auto",) if name == "torch-ref" else algorithms)]
+    for name, algorithm in jobs:
         try:
-            runners.append(make_runner(name, torch_device))
+            runners.append(make_runner(name, torch_device, algorithm))
         except ValueError:
             raise
         except Exception as exc:  # not installed, no device, ...: skip with the reason
@@ -61,7 +64,7 @@ def run_suite(runners, layers, *, repeats: int, warmup: int, max_workspace_bytes
     from tqdm.auto import tqdm
 
     rows = []
-    jobs = [(layer, runner) for layer in layers for runner in runners]
+    jobs = [(layer, runner) for layer in layers for runner in runners if runner.runs(layer)]
     # One untimed step of every job first, so that each layer meets a process that has already run the
     # others, as in a network: without it the first layer paid page faults that later ones did not.
     for layer, runner in tqdm(jobs, desc="warm-up", unit="run", file=sys.stderr, disable=not progress):

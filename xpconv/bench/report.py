@@ -5,8 +5,8 @@ import json
 import sys
 from pathlib import Path
 
-__all__ = ["environment_line", "kernel_names", "markdown_table", "summary_lines", "sweep_table", "write_json",
-           "plot_suite", "plot_memory"]
+__all__ = ["auto_choices", "environment_line", "kernel_names", "markdown_table", "summary_lines", "sweep_table",
+           "write_json", "plot_suite", "plot_memory"]
 
 _MIB = 2**20
 
@@ -33,6 +33,14 @@ def environment_line(env) -> str:
     parts = [env["cpu"] + (f", GPU {env['gpu']}" if env.get("gpu") else ""), f"threads {env.get('threads')}",
              versions, *blas, *([f"OPENBLAS_CORETYPE={coretype}"] if coretype else [])]
     return "environment: " + "; ".join(parts)
+
+
+def auto_choices(layers) -> dict[str, str]:
+    """The algorithm ``algorithm="auto"`` picks for each layer, by name."""
+    from .._ops import choose_algorithm
+    from .runners import layer_geometry
+
+    return {layer.name: choose_algorithm("auto", layer_geometry(layer)) for layer in layers}
 
 
 def markdown_table(rows, layers) -> str:

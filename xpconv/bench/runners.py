@@ -14,10 +14,10 @@ from dataclasses import dataclass
 import numpy as np
 
 from .._geometry import make_geometry
-from .._ops import conv, conv_grads
+from .._ops import ALGORITHMS, choose_algorithm, conv, conv_grads
 from ..backends import LIBRARY_NAMES, Backend, get_backend
 
-__all__ = ["BACKEND_CHOICES", "Case", "Runner", "make_runner"]
+__all__ = ["BACKEND_CHOICES", "Case", "Runner", "layer_geometry", "make_runner"]
 
 BACKEND_CHOICES = (*LIBRARY_NAMES, "torch-ref")
 
@@ -59,6 +59,10 @@ class Runner:
     def case(self, layer, rng, max_workspace_bytes) -> Case:
         raise NotImplementedError
 
+    def runs(self, layer) -> bool:
+        """Whether this runner can compute ``layer`` (an algorithm may be limited to some geometries)."""
+        return True
+
     def gemm(self, m: int, rng) -> Callable[[], object]:
         """A plain (m, m) @ (m, m) float32 matrix product on this backend."""
         a = rng.standard_normal((m, m), dtype=np.float32)
@@ -84,19 +88,36 @@ class Runner:
         return self.backend.asarray(a)
 
 
-class XpconvRunner(Runner):
-    """xpconv's engine on a backend, called as the Conv layers call it (forward keeps its columns)."""
+def layer_geometry(layer):
+    """The :class:`~xpconv._geometry.ConvGeometry` of a suite layer."""
+    return make_geometry((layer.k,) * layer.nd, layer.stride, layer.pad, 1, layer.groups)
 
-    def __init__(self, backend: Backend):
-        self.name = backend.name
+
+class XpconvRunner(Runner):
+    """xpconv's engine on a backend, called as the Conv layers call it (forward keeps its columns), with one
+    ``algorithm``; named ``backend:algorithm`` unless it is ``"auto"``."""
+
+    def __init__(self, backend: Backend, algorithm: str = "auto"):
+        if algorithm not in ALGORITHMS:
+            raise ValueError(f"unknown algorithm {algorithm!r}; choose from {', '.join(ALGORITHMS)}")
+        self.name = backend.name if algorithm == "auto" else f"{backend.name}:{algorithm}"
         self.backend = backend
+        self.algorithm = algorithm
+
+    def runs(self, layer) -> bool:
+        try:
+            choose_algorithm(self.algorithm, layer_geometry(layer))
+        except ValueError:
+            return False
+        return True
 
     def case(self, layer, rng, max_workspace_bytes) -> Case:
         x, w, b, dy = (self._asarray(a) for a in _inputs(layer, rng))
-        geom = make_geometry((layer.k,) * layer.nd, layer.stride, layer.pad, 1, layer.groups)
+        geom = layer_geometry(layer)
 
         def forward():
-            return conv(x, w, b, geom, max_workspace_bytes=max_workspace_bytes, keep_cols=True)
+            return conv(x, w, b, geom, max_workspace_bytes=max_workspace_bytes, keep_cols=True,
+                        algorithm=self.algorithm)
 
         ctx = forward()[1]
         return Case(forward=forward,
@@ -131,10 +152,11 @@ class TorchRefRunner(Runner):
                     step=lambda: grad(forward(), (x, w, b), dy))
 
 
-def make_runner(name: str, torch_device: str = "cpu") -> Runner:
-    """The runner for backend ``name``; raises (ImportError, RuntimeError, ...) when it cannot run here."""
+def make_runner(name: str, torch_device: str = "cpu", algorithm: str = "auto") -> Runner:
+    """The runner for backend ``name`` (xpconv's with ``algorithm``); raises (ImportError, RuntimeError, ...) when
+    it cannot run here."""
     if name not in BACKEND_CHOICES:
         raise ValueError(f"unknown backend {name!r}; choose from {', '.join(BACKEND_CHOICES)}")
     if name == "torch-ref":
         return TorchRefRunner(get_backend("torch", torch_device))
-    return XpconvRunner(get_backend(name, torch_device if name == "torch" else None))
+    return XpconvRunner(get_backend(name, torch_device if name == "torch" else None), algorithm)

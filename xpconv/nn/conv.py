@@ -5,7 +5,7 @@ import math
 
 from .._docstrings import CONV_ND, fill_doc
 from .._geometry import make_geometry
-from .._ops import DEFAULT_MAX_WORKSPACE_BYTES, check_max_workspace_bytes, conv, conv_grads
+from .._ops import DEFAULT_MAX_WORKSPACE_BYTES, check_max_workspace_bytes, choose_algorithm, conv, conv_grads
 from ..validation import int_tuple, positive_int
 from .init import init_weight_and_bias
 from .module import Module, Parameter
@@ -31,6 +31,7 @@ _LAYER_BODY = """
         ``(O, *kernel, C // groups)``.
     {seed}
     {max_workspace_bytes}
+    {algorithm}
 
     Attributes
     ----------
@@ -47,7 +48,7 @@ _LAYER_BODY = """
         If ``in_channels``/``out_channels`` is not a positive int, ``kernel_size`` is invalid,
         {bad_conv_hyper},
         ``groups`` does not divide both channel counts,
-        {bad_backend}.
+        {bad_backend}, ``algorithm`` is unknown or ``"winograd"`` for a geometry it cannot do.
     TypeError
         If a tuple hyper-parameter holds a non-int, or ``backend`` is neither a name nor a Backend.
 
@@ -67,7 +68,7 @@ class _ConvNd(Module):
 
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1, groups=1,
                  bias=True, *, backend=None, device=None, dtype="float32", channels_last=False, seed=None,
-                 max_workspace_bytes=DEFAULT_MAX_WORKSPACE_BYTES):
+                 max_workspace_bytes=DEFAULT_MAX_WORKSPACE_BYTES, algorithm="auto"):
         super().__init__(backend=backend, device=device, dtype=dtype)
         in_channels, out_channels = positive_int("in_channels", in_channels), positive_int("out_channels", out_channels)
         kernel = int_tuple("kernel_size", kernel_size, self.nd, 1)
@@ -79,6 +80,8 @@ class _ConvNd(Module):
         self.stride, self.padding, self.dilation, self.groups = stride, padding, dilation, self.geometry.groups
         self.channels_last = channels_last
         self.max_workspace_bytes = check_max_workspace_bytes(max_workspace_bytes)
+        choose_algorithm(algorithm, self.geometry)                                   # a ValueError now, not later
+        self.algorithm = algorithm
         cg = in_channels // groups
         init_weight_and_bias(self, (out_channels, cg, *kernel), cg * math.prod(kernel),
                              out_channels if bias else None, seed, channels_last)
@@ -102,7 +105,7 @@ class _ConvNd(Module):
         """
         y, ctx = conv(x, self.weight.data, None if self.bias is None else self.bias.data, self.geometry,
                       channels_last=self.channels_last, max_workspace_bytes=self.max_workspace_bytes,
-                      keep_cols=self.training)
+                      keep_cols=self.training, algorithm=self.algorithm)
         self._ctx = ctx if self.training else None
         return y
 
@@ -136,6 +139,8 @@ def conv_extra_repr(layer, **shown) -> str:
         parts.append(f"groups={layer.groups}")
     if layer.bias is None:
         parts.append("bias=False")
+    if getattr(layer, "algorithm", "auto") != "auto":
+        parts.append(f"algorithm={layer.algorithm!r}")
     return ", ".join([*parts, f"backend={layer.backend.name!r}"])
 
 
