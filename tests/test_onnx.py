@@ -10,7 +10,7 @@ import pytest
 import xpconv
 from xpconv import nn
 from xpconv.cli import main
-from xpconv.models import lenet5, resnet20, small_cnn
+from xpconv.models import ZeroPadShortcut, lenet5, resnet20, small_cnn
 
 onnx = pytest.importorskip("onnx", reason="onnx is not installed")
 ort = pytest.importorskip("onnxruntime", reason="onnxruntime is not installed")
@@ -36,7 +36,7 @@ def _all_2d():
         conv2=nn.Conv2d(6, 4, 3, padding=1, seed=7), sig=nn.Sigmoid(),
         adaptive=nn.AdaptiveAvgPool2d((3, 5)), amax=nn.AdaptiveMaxPool2d((3, 1)),
         flatten=nn.Flatten(), drop=nn.Dropout(0.5), fc=nn.Linear(12, 7, seed=8), relu=nn.ReLU(),
-        ident=nn.Identity(), softmax=nn.Softmax(dim=1)))
+        ident=nn.Identity()))
 
 
 def _all_1d():
@@ -61,7 +61,7 @@ def _all_3d():
 def _channels_last():
     return nn.Sequential(nn.Conv2d(3, 4, 3, padding=1, channels_last=True, seed=0), nn.ReLU(),
                          nn.Conv2d(4, 2, 3, stride=2, groups=2, channels_last=True, seed=1), nn.Flatten(),
-                         nn.Linear(2 * 3 * 3, 2, seed=2))
+                         nn.Linear(2 * 3 * 3, 2, seed=2), nn.Softmax(dim=1))
 
 
 MODELS = {"small_cnn": (lambda: small_cnn(seed=0), (1, 8, 8)), "lenet5": (lambda: lenet5(seed=0), (1, 28, 28)),
@@ -80,10 +80,54 @@ def _randomize_statistics(model, rng):
 @pytest.mark.parametrize("name", list(MODELS))
 def test_onnxruntime_gives_the_eval_outputs_at_two_batch_sizes(name, tmp_path, rng):
     build, shape = MODELS[name]
-    model = build()
+    _check(build(), shape, tmp_path / "m.onnx", rng)
+
+
+X2, X1, X3 = (2, 8, 9, 10), (2, 8, 23), (2, 8, 5, 6, 7)
+LAYERS = [  # (layer, input shape): each exported alone, so that no later layer can hide an error
+    (lambda: nn.Conv2d(8, 6, 3, padding="same", dilation=2, seed=0), X2),
+    (lambda: nn.Conv2d(8, 8, 3, stride=2, padding=(1, 2), groups=4, bias=False, seed=0), X2),
+    (lambda: nn.Conv2d(8, 4, 3, padding=1, channels_last=True, seed=0), (2, 9, 10, 8)),
+    (lambda: nn.Conv1d(8, 4, 5, stride=2, padding=2, seed=0), X1),
+    (lambda: nn.Conv3d(8, 4, 3, padding=1, dilation=(1, 2, 1), seed=0), X3),
+    (lambda: nn.ConvTranspose2d(8, 6, 3, stride=2, padding=1, output_padding=1, groups=2, seed=0), X2),
+    (lambda: nn.ConvTranspose1d(8, 4, 4, stride=3, padding=1, output_padding=2, dilation=2, seed=0), X1),
+    (lambda: nn.ConvTranspose3d(8, 2, 2, stride=2, bias=False, seed=0), X3),
+    (lambda: nn.MaxPool2d(3, stride=2, padding=1, dilation=2, ceil_mode=True), X2),
+    (lambda: nn.MaxPool1d(3, stride=2, ceil_mode=True), X1),
+    (lambda: nn.MaxPool3d(2), X3),
+    (lambda: nn.AvgPool2d(3, stride=2, padding=1, ceil_mode=True, count_include_pad=True), X2),
+    (lambda: nn.AvgPool2d(2, stride=1, padding=1, count_include_pad=False), X2),
+    (lambda: nn.AvgPool1d(3, stride=2, padding=1, ceil_mode=True, count_include_pad=False), X1),
+    (lambda: nn.AvgPool3d(3, stride=2, padding=1, divisor_override=5), X3),
+    (lambda: nn.AdaptiveAvgPool2d(1), X2), (lambda: nn.AdaptiveAvgPool2d((3, 5)), X2),
+    (lambda: nn.AdaptiveAvgPool2d((4, None)), X2), (lambda: nn.AdaptiveAvgPool1d(5), X1),
+    (lambda: nn.AdaptiveAvgPool3d((2, 2, None)), X3),
+    (lambda: nn.AdaptiveMaxPool2d(1), X2), (lambda: nn.AdaptiveMaxPool2d((3, 5)), X2),
+    (lambda: nn.BatchNorm1d(8), (2, 8)), (lambda: nn.BatchNorm1d(8), X1), (lambda: nn.BatchNorm2d(8), X2),
+    (lambda: nn.BatchNorm3d(8), X3), (lambda: nn.BatchNorm2d(8, affine=False), X2),
+    (lambda: nn.LayerNorm((9, 10)), X2), (lambda: nn.LayerNorm(10, bias=False), X2),
+    (lambda: nn.LayerNorm(10, elementwise_affine=False), X2),
+    (lambda: nn.GroupNorm(2, 8), X2), (lambda: nn.GroupNorm(4, 8, affine=False), X1),
+    (lambda: nn.ReLU(), X2), (lambda: nn.LeakyReLU(0.2), X2), (lambda: nn.ELU(0.7), X2), (lambda: nn.GELU(), X2),
+    (lambda: nn.GELU("tanh"), X2), (lambda: nn.Sigmoid(), X2), (lambda: nn.SiLU(), X2), (lambda: nn.Tanh(), X2),
+    (lambda: nn.Softmax(dim=1), X2), (lambda: nn.Softmax(dim=-1), X2), (lambda: nn.Identity(), X2),
+    (lambda: nn.Dropout(0.5), X2), (lambda: nn.Dropout2d(0.3), X2),
+    (lambda: nn.Linear(10, 3, seed=0), (2, 10)), (lambda: nn.Linear(10, 3, bias=False, seed=0), X2),
+    (lambda: nn.Flatten(), X2), (lambda: nn.Flatten(start_dim=2), X3),
+    (lambda: nn.Upsample(scale_factor=2), X2), (lambda: nn.Upsample(size=(18, 30)), X2),
+    (lambda: ZeroPadShortcut(8, 16, stride=2), X2), (lambda: ZeroPadShortcut(8, 11, stride=1), X2),
+    (lambda: nn.Residual(nn.Conv2d(8, 8, 3, padding=1, seed=0), nn.BatchNorm2d(8), activation=nn.ReLU()), X2),
+    (lambda: nn.Residual(nn.Conv2d(8, 4, 3, stride=2, padding=1, seed=0),
+                         shortcut=nn.Conv2d(8, 4, 1, stride=2, seed=1)), X2),
+]
+
+
+def _check(model, shape, path, rng):
+    """Export ``model`` (BatchNorm statistics randomized), run it in onnxruntime at batch sizes 1 and 5, compare."""
     _randomize_statistics(model, rng)
     model.train()
-    path = xpconv.onnx.export(model, rng.standard_normal((2, *shape)).astype(np.float32), tmp_path / "m.onnx")
+    xpconv.onnx.export(model, rng.standard_normal((2, *shape)).astype(np.float32), path)
     assert all(m.training for m in model.modules())                           # its mode is restored
     proto = onnx.load(path)
     onnx.checker.check_model(proto, full_check=True)
@@ -100,11 +144,18 @@ def test_onnxruntime_gives_the_eval_outputs_at_two_batch_sizes(name, tmp_path, r
         np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5 * scale)
 
 
+@pytest.mark.parametrize("build, shape", LAYERS,
+                         ids=[f"{i}-{type(build()).__name__}" for i, (build, _) in enumerate(LAYERS)])
+def test_each_layer_alone_gives_its_eval_output(build, shape, tmp_path, rng):
+    _check(nn.Sequential(build()), shape[1:], tmp_path / "layer.onnx", rng)
+
+
 def test_every_exportable_layer_is_in_a_tested_model():
     used = {type(m) for build, _ in MODELS.values() for m in build().modules()}
+    alone = {type(build()) for build, _ in LAYERS}
     exportable = {getattr(nn, n) for n in nn.__all__} - {nn.Module, nn.Parameter, nn.CrossEntropyLoss, nn.MSELoss,
                                                          nn.BCEWithLogitsLoss}
-    assert exportable - used == set()
+    assert exportable - used == set() and exportable - alone == {nn.Sequential}   # every layer wraps in one
 
 
 def test_the_graph_uses_the_standard_operators(tmp_path):
