@@ -104,9 +104,10 @@ class Backend:
         arrays live (both on the CPU, or both on the same GPU): the result then **shares x's memory**, as
         ``np.asarray`` does for a NumPy array, and writing into one changes the other.  Where the devices differ
         (CPU <-> GPU, or two GPUs) it is copied through host memory: this is the one place such a copy happens,
-        and only when asked for.  A source the exporter refuses to share (a read-only NumPy array, a torch
-        tensor that requires grad) is copied too.  ``copy=True`` always returns a new array; a ``dtype`` other
-        than x's is a new array as well.
+        and only when asked for.  A source that cannot be handed on safely is copied too: a read-only array,
+        one with negative strides (``x[::-1]``), a GPU tensor whose library refuses to export it (a torch tensor
+        that requires grad).  ``copy=True`` always returns a new array; a ``dtype`` other than x's is a new
+        array as well.
         """
         if isinstance(dtype, str):
             dtype = self.dtype(dtype)
