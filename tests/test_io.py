@@ -270,3 +270,14 @@ def test_sigterm_during_a_save_removes_the_temporary_file_and_keeps_the_old_one(
         stderr = proc.stderr.read()
     assert proc.returncode == -signal.SIGTERM, stderr  # ended as SIGTERM ends a process
     assert [p.name for p in tmp_path.iterdir()] == ["m.npz"] and target.read_bytes() == before
+
+
+def test_a_changed_npy_header_byte_fails_the_crc_check(tmp_path):
+    """'<f4' -> '>f4' in a member's .npy header is valid to np.load, which never reads to the member's CRC."""
+    path = xpconv.save(_model(seed=1), tmp_path / "m.npz")
+    blob = bytearray(path.read_bytes())
+    at = blob.index(b"'descr': '<") + len(b"'descr': '")
+    blob[at] = ord(">")
+    path.write_bytes(bytes(blob))
+    with pytest.raises(ValueError, match=r"m\.npz: not a readable \.npz file.*fails its CRC check"):
+        xpconv.load(path, _model(seed=1))

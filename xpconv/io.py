@@ -69,6 +69,13 @@ def read_npz(path: StrPath) -> dict[str, np.ndarray]:
             raise ValueError(f"{path}: not an .npz archive (no zip signature; a text, JSON or .npy file?)")
         fh.seek(0)
         try:
+            # np.load reads each member only up to its array's end, so zipfile never checks its CRC: a changed
+            # byte in an .npy header ('<f4' -> '>f4') would load as other numbers. testzip() checks every CRC.
+            with zipfile.ZipFile(fh) as archive:
+                damaged = archive.testzip()
+            if damaged is not None:
+                raise ValueError(f"member {damaged!r} fails its CRC check")
+            fh.seek(0)
             f = np.load(fh, allow_pickle=False)
             with f:
                 return {key: f[key] for key in f.files}
