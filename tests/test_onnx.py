@@ -168,6 +168,7 @@ def test_the_graph_uses_the_standard_operators(tmp_path):
 @pytest.mark.parametrize("layer, shape, match", [
     (nn.BatchNorm2d(3, track_running_stats=False), (2, 3, 4, 4), "without running statistics"),
     (nn.AdaptiveMaxPool2d((3, 3)), (2, 3, 5, 5), r"uneven bins"),
+    (nn.Flatten(0, -1), (2, 3, 5, 5), r"Flatten \(at Sequential.0\) cannot be exported to ONNX: it merges the batch"),
 ])
 def test_a_layer_without_an_onnx_form_is_named(layer, shape, match, tmp_path):
     with pytest.raises(ValueError, match=match):

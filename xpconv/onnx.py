@@ -370,6 +370,8 @@ def _linear(g: _Graph, layer: Any, name: str, shape: tuple[int, ...], y: Any) ->
 def _flatten(g: _Graph, layer: Any, name: str, shape: tuple[int, ...], y: Any) -> str:
     rank = len(shape)
     start, end = layer.start_dim % rank, layer.end_dim % rank
+    if start == 0 and end > 0:
+        raise _NotExpressible("it merges the batch axis with others, and the graph's batch axis must stay free")
     if start == 1 and end == rank - 1:
         return g.node("Flatten", [name], "flatten", axis=1)
     target = [0] * start + [-1] + list(shape[end + 1:])                    # 0: keep that axis (the batch axis)
