@@ -44,9 +44,9 @@ from ._geometry import ConvGeometry
 from ._typing import Array
 from .validation import positive_int
 
-__all__ = ["DEFAULT_MAX_WORKSPACE_BYTES", "batch_chunks", "check_max_workspace_bytes", "check_memory", "conv_forward",
-           "conv_backward", "conv_backward_data", "columns_grad", "data_grad_geometry", "flipped_geometry",
-           "flipped_transposed_weight", "format_bytes", "row_bands"]
+__all__ = ["DEFAULT_MAX_WORKSPACE_BYTES", "batch_chunks", "check_max_workspace_bytes", "check_memory", "itemsize",
+           "conv_forward", "conv_backward", "conv_backward_data", "columns_grad", "data_grad_geometry",
+           "flipped_geometry", "flipped_transposed_weight", "format_bytes", "row_bands"]
 
 DEFAULT_MAX_WORKSPACE_BYTES = 256 * 2**20
 FLIPPED_DX_MAX_CHANNELS = 64
@@ -172,7 +172,8 @@ def check_memory(what: str, x_shape, w_shape, nbytes: int, memory_limit: int | N
                           "max_workspace_bytes or the batch size")
 
 
-def _itemsize(a: Array) -> int:
+def itemsize(a: Array) -> int:
+    """Bytes per element of floating array ``a``."""
     return array_namespace(a).finfo(a.dtype).bits // 8
 
 
@@ -199,7 +200,7 @@ def conv_forward(x: Array, weight: Array, bias: Array | None, geom: ConvGeometry
     w3 = xp.reshape(weight, (g, o // g, (c // g) * layout.taps))               # (G, O/G, Cg*K)
     per_sample = layout.columns_elements(c) + o * layout.length
     row = _row_elements(layout)
-    units = _units("the convolution's forward", tuple(x.shape), tuple(weight.shape), geom, layout, _itemsize(x),
+    units = _units("the convolution's forward", tuple(x.shape), tuple(weight.shape), geom, layout, itemsize(x),
                    per_sample, ((c * layout.taps + o) * row, 0, True), max_workspace_bytes, cache_chunk_bytes,
                    memory_limit)
     # per sample, one unit and no extra columns: y is the GEMM's result itself
@@ -258,7 +259,7 @@ def conv_backward(grad_output: Array, x: Array, weight: Array, geom: ConvGeometr
             per_sample += layout.columns_elements(c)
         if fold_here:
             per_sample += layout.fold_elements(c)
-        return _units("the convolution's backward", tuple(x.shape), tuple(weight.shape), geom, layout, _itemsize(x),
+        return _units("the convolution's backward", tuple(x.shape), tuple(weight.shape), geom, layout, itemsize(x),
                       per_sample, (band_per_row, 2 * o * ck, True), max_workspace_bytes, cache_chunk_bytes,
                       memory_limit)
 
@@ -312,7 +313,7 @@ def conv_backward_data(grad_output: Array, weight: Array, geom: ConvGeometry, sp
     per_sample = layout.fold_elements(c) + layout.output_copy_elements(o)    # dcols and their fold, dY's copy
     x_shape = (n, c, *spatial)
     units = _units("the convolution's backward-data pass", x_shape, tuple(weight.shape), geom, layout,
-                   _itemsize(grad_output), per_sample, ((c * layout.taps + o) * _row_elements(layout), 0, False),
+                   itemsize(grad_output), per_sample, ((c * layout.taps + o) * _row_elements(layout), 0, False),
                    max_workspace_bytes, cache_chunk_bytes, memory_limit)
     banded = any(u.is_band for u in units)
     grad_input = (xp.zeros if banded else xp.empty)(x_shape, dtype=grad_output.dtype, device=device(grad_output))

@@ -29,9 +29,18 @@ measured at im2col's level, and docs/algorithms.md states the bound the tests ho
 """
 from __future__ import annotations
 
+from functools import lru_cache
+
 from array_api_compat import array_namespace, device
 
-from ._engine import batch_chunks, check_max_workspace_bytes, check_memory, flipped_transposed_weight, format_bytes
+from ._engine import (
+    batch_chunks,
+    check_max_workspace_bytes,
+    check_memory,
+    flipped_transposed_weight,
+    format_bytes,
+    itemsize,
+)
 from ._geometry import ConvGeometry
 from ._typing import Array
 
@@ -107,7 +116,13 @@ _GG = tuple(tuple(_G[i][k] * _G[j][m] for k in range(3) for m in range(3)) for i
 
 
 def _gg(xp, like: Array) -> Array:
-    return xp.asarray(_GG, dtype=like.dtype, device=device(like))
+    """G ⊗ G in ``like``'s dtype on its device, made once per (library, device, dtype): no upload per call."""
+    return _device_gg(xp, device(like), like.dtype)
+
+
+@lru_cache(maxsize=16)
+def _device_gg(xp, dev, dtype) -> Array:
+    return xp.asarray(_GG, dtype=dtype, device=dev)
 
 
 def _kernel_transform(weight: Array, groups: int) -> Array:
@@ -165,10 +180,6 @@ def _chunks(what: str, x_shape, w_shape, per_sample: int, itemsize: int, max_wor
     return chunks
 
 
-def _itemsize(a: Array) -> int:
-    return array_namespace(a).finfo(a.dtype).bits // 8
-
-
 def winograd_forward(x: Array, weight: Array, bias: Array | None, geom: ConvGeometry, *,
                      max_workspace_bytes: int | None, cache_chunk_bytes: int | None = None,
                      memory_limit: int | None = None) -> Array:
@@ -180,7 +191,7 @@ def winograd_forward(x: Array, weight: Array, bias: Array | None, geom: ConvGeom
     tiles = _tiles(out)
     u = _kernel_transform(weight, groups)
     y = xp.empty((n, o, *out), dtype=x.dtype, device=device(x))
-    for sl in _chunks("forward", tuple(x.shape), tuple(weight.shape), _per_sample(c, o, tiles), _itemsize(x),
+    for sl in _chunks("forward", tuple(x.shape), tuple(weight.shape), _per_sample(c, o, tiles), itemsize(x),
                       max_workspace_bytes, cache_chunk_bytes, memory_limit):
         m = sl.stop - sl.start
         v = _input_transform(_padded(x[sl, ...], geom.padding, tiles), tiles)
@@ -213,7 +224,7 @@ def winograd_backward(grad_output: Array, x: Array, weight: Array, geom: ConvGeo
     tiles = _tiles(out)
     du = None
     for sl in _chunks("weight gradient", tuple(x.shape), tuple(weight.shape), _per_sample(c, o, tiles),
-                      _itemsize(x), max_workspace_bytes, cache_chunk_bytes, memory_limit):
+                      itemsize(x), max_workspace_bytes, cache_chunk_bytes, memory_limit):
         p = (sl.stop - sl.start) * tiles[0] * tiles[1]
         v = _input_transform(_padded(x[sl, ...], geom.padding, tiles), tiles)
         v = xp.reshape(v, (16, groups, c // groups, p))
