@@ -13,6 +13,7 @@ move weights to and from an equivalent ``torch.nn`` model.
 """
 from __future__ import annotations
 
+import io
 import json
 import os
 import secrets
@@ -70,15 +71,16 @@ def read_npz(path: StrPath) -> dict[str, np.ndarray]:
         fh.seek(0)
         try:
             # np.load reads each member only up to its array's end, so zipfile never checks its CRC: a changed
-            # byte in an .npy header ('<f4' -> '>f4') would load as other numbers. testzip() checks every CRC.
+            # byte in an .npy header ('<f4' -> '>f4') would load as other numbers. Reading each member whole
+            # makes zipfile check its CRC, and the array is parsed from those bytes: one read per member.
+            arrays = {}
             with zipfile.ZipFile(fh) as archive:
-                damaged = archive.testzip()
-            if damaged is not None:
-                raise ValueError(f"member {damaged!r} fails its CRC check")
-            fh.seek(0)
-            f = np.load(fh, allow_pickle=False)
-            with f:
-                return {key: f[key] for key in f.files}
+                for info in archive.infolist():
+                    if not info.filename.endswith(".npy"):
+                        raise ValueError(f"member {info.filename!r} is not an .npy array")
+                    data = io.BytesIO(archive.read(info))
+                    arrays[info.filename[:-4]] = np.lib.format.read_array(data, allow_pickle=False)
+            return arrays
         except (zipfile.BadZipFile, EOFError, OSError, ValueError, zlib.error, NotImplementedError,
                 RuntimeError) as exc:
             raise ValueError(f"{path}: not a readable .npz file, it may be truncated or corrupt ({exc})") from None
