@@ -18,7 +18,7 @@ BUDGETS = {
     "Conv2d 1x1 forward": 2, "Conv2d 1x1 backward": 8,
     "Linear forward": 2, "Linear backward": 5,
     "BatchNorm2d forward": 18, "BatchNorm2d backward": 13,
-    "ReLU forward": 5, "ReLU backward": 2,
+    "ReLU forward": 3, "ReLU backward": 3,
     "MaxPool2d 2x2 forward": 6, "MaxPool2d 2x2 backward": 13,
     "Dropout forward": 5, "Dropout backward": 1,
     "CrossEntropyLoss forward": 25, "CrossEntropyLoss backward": 1,

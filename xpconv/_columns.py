@@ -29,9 +29,10 @@ from dataclasses import dataclass, replace
 from functools import lru_cache
 
 import numpy as np
-from array_api_compat import array_namespace, device
+from array_api_compat import device
 
 from ._geometry import ConvGeometry
+from ._namespace import namespace
 
 __all__ = ["ExactLayout", "WideLayout", "GatherLayout", "Layout", "column_layout", "im2col", "col2im", "col2im_into",
            "wide_im2col", "wide_col2im", "WIDE_MAX_OVERHEAD"]
@@ -70,7 +71,7 @@ class _Layout:
 
     def gemm_operand(self, cols, groups: int):
         """Columns (C, K, m, length) -> (G, Cg*K, m*length), or per sample (m, C, K, length) -> (m, G, Cg*K, length)."""
-        xp = array_namespace(cols)
+        xp = namespace(cols)
         if self.batch_inner:
             c, k, m, length = cols.shape
             return xp.reshape(cols, (groups, c // groups * k, m * length))
@@ -79,7 +80,7 @@ class _Layout:
 
     def column_blocks(self, dcols):
         """The inverse of :meth:`gemm_operand`: (C, K, m, length), or per sample (m, C, K, length)."""
-        xp = array_namespace(dcols)
+        xp = namespace(dcols)
         if self.batch_inner:
             g, cgk, ml = dcols.shape
             return xp.reshape(dcols, (g * cgk // self.taps, self.taps, ml // self.length, self.length))
@@ -89,7 +90,7 @@ class _Layout:
     def outputs(self, yc):
         """GEMM result (G, O/G, m*length), or (m, G, O/G, length), -> y (m, O, *out) without the extra columns;
         a view."""
-        xp = array_namespace(yc)
+        xp = namespace(yc)
         if self.batch_inner:
             y = _swap01(xp, xp.reshape(yc, (yc.shape[0] * yc.shape[1], yc.shape[2] // self.length, *self.grid)))
         else:
@@ -99,7 +100,7 @@ class _Layout:
     def output_columns(self, dy, groups: int):
         """The adjoint of :meth:`outputs`: dY (m, O, *out) -> (G, O/G, m*length), or (m, G, O/G, length), zero
         on the extra columns."""
-        xp = array_namespace(dy)
+        xp = namespace(dy)
         m, o = dy.shape[:2]
         if self.batch_inner:
             dy = _swap01(xp, dy)                                            # (O, m, *out), a view
@@ -138,7 +139,7 @@ class ExactLayout(_Layout):
         """x (m, C, *spatial) -> (C, K, m, length), or per sample (m, C, K, length)."""
         m, c = x.shape[:2]
         blocks = (c, self.taps, m, self.length) if self.batch_inner else (m, c, self.taps, self.length)
-        return array_namespace(x).reshape(im2col(x, self.geom, batch_inner=self.batch_inner), blocks)
+        return namespace(x).reshape(im2col(x, self.geom, batch_inner=self.batch_inner), blocks)
 
     def columns_elements(self, channels: int) -> int:
         """Elements :meth:`columns` allocates per sample (a pointwise convolution's x, moved inside the batch)."""
@@ -160,7 +161,7 @@ class ExactLayout(_Layout):
             shape = (dcols.shape[0], *self.geom.kernel, dcols.shape[2], *self.out)
         else:
             shape = (*dcols.shape[:2], *self.geom.kernel, *self.out)
-        return array_namespace(dcols).reshape(dcols, shape)
+        return namespace(dcols).reshape(dcols, shape)
 
 
 @dataclass(frozen=True)
@@ -207,7 +208,7 @@ class GatherLayout(_Layout):
 
     def columns(self, x):
         """x (m, C, *spatial) -> (C, K, m, length), or per sample (m, C, K, length)."""
-        xp = array_namespace(x)
+        xp = namespace(x)
         m, c = x.shape[:2]
         flat = _pad(x, self.geom, self.padded, self.batch_inner)
         if self.batch_inner:
@@ -227,7 +228,7 @@ class GatherLayout(_Layout):
 
     def fold(self, dcols):
         """dcols (C, K, m, length), or (m, C, K, length), -> dL/dx (m, C, *spatial), a view."""
-        xp = array_namespace(dcols)
+        xp = namespace(dcols)
         m = dcols.shape[2] if self.batch_inner else dcols.shape[0]
         lead = (dcols.shape[0],) if self.batch_inner else dcols.shape[:2]      # (C,) or (m, C)
         flat = xp.reshape(dcols, (*lead, -1))
@@ -245,7 +246,7 @@ class GatherLayout(_Layout):
         """(gather indices (K * m * length,), inverse (m * P, R)) on ``a``'s device, for ``m`` samples (1: per
         sample); the inverse lists the at most R <= K column entries that read each padded element, padded with
         the index of the appended zero."""
-        return _device_indices(self, m, array_namespace(a), device(a))
+        return _device_indices(self, m, namespace(a), device(a))
 
 
 @lru_cache(maxsize=64)
@@ -318,7 +319,7 @@ def _swap01(xp, a):
 
 def _pad(x, geom: ConvGeometry, padded, batch_inner: bool = False):
     """x (N, C, *spatial) placed at geom's low padding inside zeros (N, C, *padded), or (C, N, *padded)."""
-    xp = array_namespace(x)
+    xp = namespace(x)
     lead = x.shape[:2][::-1] if batch_inner else x.shape[:2]
     xpad = xp.zeros((*lead, *padded), dtype=x.dtype, device=device(x))
     xpad[(*_ALL2, *geom.interior(x.shape[2:]))] = _swap01(xp, x) if batch_inner else x
@@ -328,7 +329,7 @@ def _pad(x, geom: ConvGeometry, padded, batch_inner: bool = False):
 def wide_im2col(x, layout: WideLayout):
     """x (N, C, *spatial) -> cols (N, C, K, length), or with ``layout.batch_inner`` (C, K, N, length): one
     contiguous slice copy per kernel tap."""
-    xp = array_namespace(x)
+    xp = namespace(x)
     inner = layout.batch_inner
     lead = x.shape[:2][::-1] if inner else x.shape[:2]                    # (C, N) or (N, C)
     flat = xp.reshape(_pad(x, layout.geom, layout.padded, inner), (*lead, math.prod(layout.padded)))
@@ -343,7 +344,7 @@ def wide_im2col(x, layout: WideLayout):
 def wide_col2im(cols, layout: WideLayout):
     """The adjoint of :func:`wide_im2col`: cols (N, C, K, length), or (C, K, N, length), -> (N, C, *spatial),
     a view."""
-    xp = array_namespace(cols)
+    xp = namespace(cols)
     inner = layout.batch_inner
     lead = (cols.shape[0], cols.shape[2]) if inner else cols.shape[:2]
     flat = xp.zeros((*lead, math.prod(layout.padded)), dtype=cols.dtype, device=device(cols))
@@ -366,7 +367,7 @@ def _tap(taps, out_sl, batch_inner: bool) -> tuple:
 def im2col(x, geom: ConvGeometry, *, batch_inner: bool = False):
     """Unfold x (N, C, *spatial) into cols (N, C, *kernel, *out), or with ``batch_inner`` (C, *kernel, N, *out),
     one strided slice copy per kernel tap."""
-    xp = array_namespace(x)
+    xp = namespace(x)
     n, c, *spatial = x.shape
     out = geom.output_shape(spatial)
     lead = (c, *geom.kernel, n) if batch_inner else (n, c, *geom.kernel)
@@ -388,7 +389,7 @@ def im2col(x, geom: ConvGeometry, *, batch_inner: bool = False):
 def col2im(cols, geom: ConvGeometry, spatial, *, batch_inner: bool = False):
     """Fold cols (N, C, *kernel, *out), or (C, *kernel, N, *out), back to (N, C, *spatial), adding overlaps
     with slice ``+=``."""
-    xp = array_namespace(cols)
+    xp = namespace(cols)
     c, n = (cols.shape[0], cols.shape[1 + geom.nd]) if batch_inner else cols.shape[1::-1]
     if geom.is_pointwise:
         if batch_inner:
@@ -406,7 +407,7 @@ def col2im_into(x, batch: slice, row: int, cols, geom: ConvGeometry, spatial, *,
     Each element receives its terms in kernel-tap order, as in :func:`col2im`: folding row bands of the
     output into one ``x``, the band of the last rows first, adds every element's terms in that same order.
     """
-    xp = array_namespace(x)
+    xp = namespace(x)
     for taps, out_sl, in_sl, _ in geom.windows(spatial):
         first = slice(in_sl[0].start + row, in_sl[0].stop + row, in_sl[0].step)
         block = cols[_tap(taps, out_sl, batch_inner)]

@@ -36,11 +36,13 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
+from functools import lru_cache
 
-from array_api_compat import array_namespace, device
+from array_api_compat import device
 
 from ._columns import ExactLayout, Layout, column_layout
 from ._geometry import ConvGeometry
+from ._namespace import namespace
 from ._typing import Array
 from .validation import positive_int
 
@@ -132,20 +134,33 @@ def row_bands(geom: ConvGeometry, spatial: Sequence[int], rows: int,
 
 def _units(what: str, x_shape: tuple[int, ...], w_shape: tuple[int, ...], geom: ConvGeometry,
            layout: Layout, itemsize: int, per_sample: int, band_cost: tuple[int, int, bool],
-           max_workspace_bytes: int | None, cache_chunk_bytes: int | None, memory_limit: int | None) -> list[_Unit]:
-    """The units of a pass over x (N, C, *spatial) and their check against the cap and the memory limit.
+           max_workspace_bytes: int | None, cache_chunk_bytes: int | None,
+           memory_limit: int | None) -> tuple[_Unit, ...]:
+    """The units of a pass over x (N, C, *spatial), checked against the cap and the memory limit.
 
     ``per_sample``: the workspace elements of one sample in ``layout``; ``band_cost`` = (elements per
     output row, fixed elements, whether the band builds im2col columns) of a row band: the band's
     workspace is ``rows * per_row + fixed`` plus, with columns, an upper bound on a padded copy of the rows it reads.
+    The units depend on shapes and policies only, so they are planned once per combination (the memory limit,
+    which changes from call to call, is checked each time).
     """
+    units, nbytes = _plan_units(what, x_shape, w_shape, geom, layout, itemsize, per_sample, band_cost,
+                                max_workspace_bytes, cache_chunk_bytes)
+    check_memory(what, x_shape, w_shape, nbytes, memory_limit)
+    return units
+
+
+@lru_cache(maxsize=1024)
+def _plan_units(what: str, x_shape: tuple[int, ...], w_shape: tuple[int, ...], geom: ConvGeometry,
+                layout: Layout, itemsize: int, per_sample: int, band_cost: tuple[int, int, bool],
+                max_workspace_bytes: int | None, cache_chunk_bytes: int | None) -> tuple[tuple[_Unit, ...], int]:
+    """(the units of :func:`_units`, the largest unit's workspace in bytes)."""
     n, c, *spatial = x_shape
     cap = check_max_workspace_bytes(max_workspace_bytes)
     if cap is None or per_sample * itemsize <= cap or n == 0:
         chunks = batch_chunks(n, itemsize * per_sample, cap, None if geom.is_pointwise else cache_chunk_bytes)
         biggest = max((sl.stop - sl.start for sl in chunks), default=0) * per_sample * itemsize
-        check_memory(what, x_shape, w_shape, biggest, memory_limit)
-        return [_Unit(sl, layout) for sl in chunks]
+        return tuple(_Unit(sl, layout) for sl in chunks), biggest
     per_row, fixed, builds_columns = band_cost
     s, d, k = geom.stride[0], geom.dilation[0], geom.kernel[0]
     pad_row = c * math.prod(geom.padded_shape(spatial)[1:]) if builds_columns and not geom.is_pointwise else 0
@@ -158,9 +173,9 @@ def _units(what: str, x_shape: tuple[int, ...], w_shape: tuple[int, ...], geom: 
                          f"one output row of one sample needs {format_bytes(elements(1) * itemsize)} "
                          f"({elements(1) * itemsize} bytes) of workspace; raise the cap or pass None")
     rows = min(geom.output_shape(spatial)[0], (cap // itemsize - elements(0)) // (per_row + pad_row * s))
-    check_memory(what, x_shape, w_shape, elements(rows) * itemsize, memory_limit)
     bands = row_bands(geom, spatial, rows, layout.batch_inner)
-    return [_Unit(slice(i, i + 1), lay, out_rows, in_rows) for i in range(n) for out_rows, in_rows, lay in bands]
+    units = tuple(_Unit(slice(i, i + 1), lay, out_rows, in_rows) for i in range(n) for out_rows, in_rows, lay in bands)
+    return units, elements(rows) * itemsize
 
 
 def check_memory(what: str, x_shape, w_shape, nbytes: int, memory_limit: int | None) -> None:
@@ -174,7 +189,12 @@ def check_memory(what: str, x_shape, w_shape, nbytes: int, memory_limit: int | N
 
 def itemsize(a: Array) -> int:
     """Bytes per element of floating array ``a``."""
-    return array_namespace(a).finfo(a.dtype).bits // 8
+    return _itemsize(namespace(a), a.dtype)
+
+
+@lru_cache(maxsize=64)
+def _itemsize(xp, dtype) -> int:
+    return int(xp.finfo(dtype).bits) // 8
 
 
 def _row_elements(layout: Layout) -> int:
@@ -193,7 +213,7 @@ def conv_forward(x: Array, weight: Array, bias: Array | None, geom: ConvGeometry
     Returns ``(y, cols)``; ``cols``, the GEMM operand, is returned only when ``keep_cols`` and the whole
     batch fit in one chunk, else None.
     """
-    xp = array_namespace(x, weight)
+    xp = namespace(x, weight)
     n, c, *spatial = x.shape
     o, g = weight.shape[0], geom.groups
     layout = column_layout(geom, spatial, batch_inner, gather)
@@ -237,7 +257,7 @@ def conv_backward(grad_output: Array, x: Array, weight: Array, geom: ConvGeometr
     Kept ``cols`` are used when the backward pass also takes the batch in one unit, else rebuilt per unit.
     An empty batch gives an empty dL/dx and a zero dL/dW.
     """
-    xp = array_namespace(grad_output, x, weight)
+    xp = namespace(grad_output, x, weight)
     _, c, *spatial = x.shape
     o, g = weight.shape[0], geom.groups
     layout = column_layout(geom, spatial, batch_inner, gather)
@@ -299,7 +319,7 @@ def conv_backward_data(grad_output: Array, weight: Array, geom: ConvGeometry, sp
     conv(dY, flipped Wᵀ) where :func:`data_grad_geometry` allows it, else fold(Wᵀ · dY), unit by
     unit.  Workspace per unit: dY in the columns' layout, dcols, their fold.
     """
-    xp = array_namespace(grad_output, weight)
+    xp = namespace(grad_output, weight)
     n, o = grad_output.shape[:2]
     g = geom.groups
     c = weight.shape[1] * g
@@ -346,6 +366,7 @@ def data_grad_geometry(geom: ConvGeometry, o: int, c: int) -> ConvGeometry | Non
     return flipped_geometry(geom)
 
 
+@lru_cache(maxsize=256)
 def flipped_geometry(geom: ConvGeometry) -> ConvGeometry | None:
     """Stride 1: the geometry of conv(dY, flipped Wᵀ), padded by dilation*(k-1) - padding;
     None for other strides or when the padding exceeds the kernel's reach."""
@@ -362,7 +383,7 @@ def flipped_transposed_weight(weight: Array, groups: int) -> Array:
     The copy matters: with one output channel per group (depthwise) a reshaped view of the flipped
     weight has negative strides, which NumPy's matmul cannot hand to BLAS (measured 5x slower).
     """
-    xp = array_namespace(weight)
+    xp = namespace(weight)
     o, cg, *kernel = weight.shape
     axes = tuple(range(3, 3 + len(kernel)))
     w = xp.reshape(weight, (groups, o // groups, cg, *kernel))
@@ -377,7 +398,7 @@ def columns_grad(w3: Array, dy: Array) -> Array:
     With one output channel per group (depthwise) each entry is a single product, so a
     broadcast multiply gives the same bits as matmul; on NumPy it measured ~4x faster.
     """
-    xp = array_namespace(w3, dy)
+    xp = namespace(w3, dy)
     if w3.shape[1] == 1:
         return xp.matrix_transpose(w3) * dy
     return xp.matmul(xp.matrix_transpose(w3), dy)

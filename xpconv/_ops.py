@@ -32,6 +32,7 @@ from ._engine import (
     conv_forward,
 )
 from ._geometry import ConvGeometry, make_geometry
+from ._namespace import namespace
 from ._typing import Array
 from ._winograd import winograd_backward, winograd_forward, winograd_unsupported
 from .backends import Backend, library_of
@@ -110,15 +111,15 @@ def namespace_of(*arrays: Array | None, names: Sequence[str] | None = None) -> A
     """
     names = names or [f"argument {i}" for i in range(len(arrays))]
     given = [(n, a) for n, a in zip(names, arrays, strict=True) if a is not None]
-    for name, a in given:
-        try:
-            array_namespace(a)
-        except TypeError:
-            raise TypeError(f"{name} must be an array (NumPy, CuPy, torch or array-api-strict), "
-                            f"got {type(a).__name__}") from None
     try:
-        xp = array_namespace(*(a for _, a in given))
+        xp = namespace(*(a for _, a in given))
     except TypeError:
+        for name, a in given:
+            try:
+                array_namespace(a)
+            except TypeError:
+                raise TypeError(f"{name} must be an array (NumPy, CuPy, torch or array-api-strict), "
+                                f"got {type(a).__name__}") from None
         libs = ", ".join(f"{n}: {library_of(a) or type(a).__name__}" for n, a in given)
         raise TypeError(f"arrays come from different libraries ({libs}); move them to one backend first, "
                         "e.g. with xpconv.get_backend(name).asarray(...)") from None
@@ -373,13 +374,13 @@ def conv_transpose_grads(x: Array, weight: Array, geom: ConvGeometry, output_pad
 # -- windows, for pooling ---------------------------------------------------------------------------
 def unfold(x: Array, geom: ConvGeometry) -> Array:
     """x (N, C, *spatial) -> windows (N, C, K, *out): each output position's kernel window, padding as zeros."""
-    xp = array_namespace(x)
+    xp = namespace(x)
     n, c, *spatial = x.shape
     return xp.reshape(im2col(x, geom), (n, c, math.prod(geom.kernel), *geom.output_shape(spatial)))
 
 
 def fold(windows: Array, geom: ConvGeometry, spatial: Sequence[int]) -> Array:
     """The adjoint of :func:`unfold`: window gradients (N, C, K, *out) summed back into (N, C, *spatial)."""
-    xp = array_namespace(windows)
+    xp = namespace(windows)
     n, c, _, *out = windows.shape
     return col2im(xp.reshape(windows, (n, c, *geom.kernel, *out)), geom, tuple(spatial))

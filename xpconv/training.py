@@ -24,8 +24,8 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 import numpy as np
-from array_api_compat import array_namespace
 
+from ._namespace import namespace
 from ._typing import Array
 from .backends import Backend, to_numpy
 from .data import Compose, DataLoader, Dataset
@@ -128,7 +128,7 @@ def make_scheduler(name: str, optimizer: Optimizer, total_steps: int, warmup_ste
 
 def _count_correct(logits: Array, labels: Array) -> Array:
     """Number of rows of logits (N, C) whose arg-max equals the label (N,): a 0-d int array on the device."""
-    xp = array_namespace(logits)
+    xp = namespace(logits)
     return xp.sum(xp.astype(xp.argmax(logits, axis=1) == labels, xp.int32))
 
 

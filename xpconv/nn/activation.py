@@ -12,6 +12,8 @@ import math
 import textwrap
 from typing import Any
 
+from array_api_compat import device
+
 from .._docstrings import STATELESS, fill_doc
 from .._ops import namespace_of
 from .._typing import Array
@@ -113,6 +115,11 @@ _LAYER_DOC = """
 """
 
 
+def _zero(xp: Any, like: Array) -> Array:
+    """A 0-d zero of ``like``'s dtype and device, for ``where`` (no full-size array of zeros)."""
+    return xp.zeros((), dtype=like.dtype, device=device(like))
+
+
 def _layer_doc(params: str = "", raises: str = "", shape_note: str = "any shape"):
     """fill_doc for this module's layers: the shared Parameters/Raises/Notes sections, the stateless roles,
     and the layer's own ``params`` and ``raises`` entries (numpydoc text, put before the shared ones)."""
@@ -181,10 +188,11 @@ class ReLU(_ShapePreserving):
     """
 
     def _forward(self, xp, x):
-        return xp.where(x < 0, xp.zeros_like(x), x), xp.logical_not(x <= 0)
+        y = xp.where(x < 0, _zero(xp, x), x)                 # -0.0 and NaN pass unchanged, as in torch
+        return y, y
 
     def _backward(self, xp, grad_output, saved):
-        return xp.where(saved, grad_output, xp.zeros_like(grad_output))
+        return xp.where(saved <= 0, _zero(xp, grad_output), grad_output)   # torch's threshold_backward on y
 
 
 @_layer_doc(params="""

@@ -15,9 +15,10 @@ from contextlib import AbstractContextManager
 from typing import Any
 
 import numpy as np
-from array_api_compat import array_namespace, device
+from array_api_compat import device
 
 from .._docstrings import fill_doc
+from .._namespace import namespace
 from .._ops import namespace_of
 from .._typing import Array
 from ..backends import Backend, is_host_data, library_of
@@ -76,7 +77,7 @@ class _Loss:
         """
         with _on_device_of(input):
             loss, factor, weights = self._compute(input, target)
-            xp = array_namespace(loss)
+            xp = namespace(loss)
             if self.reduction == "none":
                 self._cache = (factor, tuple(loss.shape), 1.0)
                 return loss
@@ -101,7 +102,7 @@ class _Loss:
             return self._backward(factor, loss_shape, denominator, grad_output)
 
     def _backward(self, factor: Array, loss_shape: tuple[int, ...], denominator: Any, grad_output: Any) -> Array:
-        xp = array_namespace(factor)
+        xp = namespace(factor)
         if self.reduction == "none":
             if grad_output is None:
                 grad_output = xp.ones(loss_shape, dtype=factor.dtype, device=device(factor))
@@ -414,7 +415,7 @@ def _host_or_array(name: str, value: Any, ndim: int | None = None) -> Any:
         value = np.array(value, dtype=np.float64)
     else:
         try:
-            array_namespace(value)
+            namespace(value)
         except TypeError:
             raise TypeError(f"{name} must be an array or a list of numbers, got {type(value).__name__}") from None
     if ndim is not None and value.ndim != ndim:
@@ -443,7 +444,7 @@ def _labels_like(logits, labels, n: int, c: int):
     Host labels (a list or NumPy array) are range-checked on the host, before they are copied; labels already
     on the logits' device are not read back (that would make the host wait for the device).
     """
-    xp = array_namespace(logits)
+    xp = namespace(logits)
     backend = Backend.from_array(logits)
     checked = is_host_data(labels)
     if checked:
@@ -455,7 +456,7 @@ def _labels_like(logits, labels, n: int, c: int):
                              f"[{labels.min()}, {labels.max()}]")
         labels = backend.asarray(labels)
     try:
-        lxp = array_namespace(labels)
+        lxp = namespace(labels)
     except TypeError:
         raise TypeError(f"labels must be an integer array or a list, got {type(labels).__name__}") from None
     if lxp is not xp:

@@ -15,8 +15,8 @@ from collections.abc import Callable, Iterator, Mapping
 from typing import Any, TypeVar
 
 import numpy as np
-from array_api_compat import array_namespace
 
+from .._namespace import namespace
 from .._typing import Array, Device
 from ..backends import Backend, get_backend, to_numpy
 
@@ -41,7 +41,7 @@ class Parameter:
     def __init__(self, data: Array) -> None:
         self.data: Array = data
         with Backend.from_array(data).activate():
-            self.grad: Array = array_namespace(data).zeros_like(data)
+            self.grad: Array = namespace(data).zeros_like(data)
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -157,7 +157,7 @@ class Module:
     def zero_grad(self) -> None:
         with self.backend.activate():
             for p in self.parameters():
-                p.grad = array_namespace(p.data).zeros_like(p.data)
+                p.grad = namespace(p.data).zeros_like(p.data)
 
     def train(self: _M, mode: bool = True) -> _M:
         for m in self.modules():

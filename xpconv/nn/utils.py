@@ -4,8 +4,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from array_api_compat import array_namespace
-
+from .._namespace import namespace
 from .._typing import Array
 from ..validation import check_real
 from .module import Parameter
@@ -71,7 +70,7 @@ def clip_grad_norm_(parameters: Parameter | Iterable[Parameter], max_norm: float
     if not params:
         return 0.0
     grads = [p.grad for p in params]
-    xp: Any = array_namespace(*grads)
+    xp: Any = namespace(*grads)
     norms = [xp.linalg.vector_norm(g, ord=norm_type) for g in grads]
     total = xp.linalg.vector_norm(xp.stack(norms), ord=norm_type)
     if error_if_nonfinite and not bool(xp.isfinite(total)):

@@ -20,9 +20,10 @@ from collections.abc import Iterable, Mapping
 from typing import Any, ClassVar
 
 import numpy as np
-from array_api_compat import array_namespace, device
+from array_api_compat import device
 
 from .._docstrings import fill_doc
+from .._namespace import namespace
 from .._typing import Array
 from ..backends import Backend, to_numpy
 from ..nn.module import Parameter
@@ -151,7 +152,7 @@ class Optimizer:
         for group in self.param_groups:
             for p in group["params"]:
                 with Backend.from_array(p.data).activate():
-                    p.grad = array_namespace(p.data).zeros_like(p.data)
+                    p.grad = namespace(p.data).zeros_like(p.data)
 
     def step(self) -> None:
         """Update every parameter from its ``.grad``; ValueError if a gradient's shape differs from its parameter's."""
@@ -165,7 +166,7 @@ class Optimizer:
                 owned = self._made.get(p) is data
                 with Backend.from_array(data).activate():     # the state is allocated on the parameter's device
                     _follow(data, state)
-                    p.data = self._made[p] = self._update(array_namespace(data, grad), data, grad, state, group,
+                    p.data = self._made[p] = self._update(namespace(data, grad), data, grad, state, group,
                                                           owned)
 
     def _update(self, xp: Any, param: Array, grad: Array, state: dict[str, Any], group: dict[str, Any],
