@@ -273,7 +273,7 @@ def conv_backward(grad_output: Array, x: Array, weight: Array, geom: ConvGeometr
     row = _row_elements(layout)
     band_per_row = (c * layout.taps * (2 if fold_here else 1) + o) * row      # cols, dcols, dY's copy
 
-    def plan(cols_kept: bool) -> list[_Unit]:
+    def plan(cols_kept: bool) -> tuple[_Unit, ...]:
         per_sample = layout.output_copy_elements(o) + o * ck                  # dY in the columns' layout, dW
         if not cols_kept:
             per_sample += layout.columns_elements(c)
