@@ -40,10 +40,11 @@ CASES = {
 WIDE_CASES = {"1d-pad", "2d-transposed-dx-groups", "3d-wide"}
 
 
-@pytest.fixture(params=["chosen", "exact", "gather"])
+@pytest.fixture(params=["chosen", "exact", "gather", "windows"])
 def layout(request, monkeypatch):
-    """Run a test with the layout the engine chooses, again with the wide layout switched off, and (where the
-    test passes ``gather=``) with the gather layout of a GPU."""
+    """Run a test with the layout the engine chooses, again with the wide layout switched off, (where the
+    test passes ``gather=``) with the gather layout of a GPU, and (where it passes ``windows=``) with the chosen
+    layouts built through the backend's strided-view fast path."""
     if request.param == "exact":
         monkeypatch.setattr(columns, "WIDE_MAX_OVERHEAD", 0.0)
     return request.param
@@ -177,6 +178,25 @@ def test_wide_col2im_is_the_adjoint_of_wide_im2col(backend, rng, name, batch_inn
     np.testing.assert_allclose(lhs, np.sum(x * as_numpy(folded)), rtol=1e-12)
 
 
+@pytest.mark.parametrize("wide", [True, False])
+@pytest.mark.parametrize("name", CASES)
+def test_the_strided_view_fast_path_gives_the_slices_columns_bit_for_bit(backend, rng, name, batch_inner, wide,
+                                                                         monkeypatch):
+    """A backend's ``window_view`` (NumPy's) builds the same columns, wide or exact, as the portable slice copies."""
+    if backend.window_view is None:
+        pytest.skip(f"{backend.name} has no strided-view fast path")
+    if not wide:
+        monkeypatch.setattr(columns, "WIDE_MAX_OVERHEAD", 0.0)
+    shape, *_ = CASES[name]
+    lay = column_layout(_geometry(CASES[name]), shape[2:], batch_inner)
+    x = backend.asarray(rng.standard_normal(shape), dtype="float64")
+    fast = lay.columns(x, backend.window_view)
+    np.testing.assert_array_equal(as_numpy(fast), as_numpy(lay.columns(x)))
+    if not lay.geom.is_pointwise:                                       # (a pointwise convolution's columns are x)
+        fast[...] = 0                                                   # a writable copy, not a view of x
+        assert as_numpy(lay.columns(x)).any()
+
+
 @pytest.mark.parametrize("name", CASES)
 def test_gather_columns_match_im2col_and_their_fold_is_the_adjoint(backend, rng, name, batch_inner):
     """GatherLayout's one ``take`` gives im2col's columns; its fold (one ``take`` and one ``sum``) is their adjoint."""
@@ -213,7 +233,10 @@ def test_forward_and_backward_match_the_loop_reference(backend, rng, name, keep_
     b = rng.standard_normal(o)
     dy = rng.standard_normal((shape[0], o, *geom.output_shape(shape[2:])))
     xb, wb, bb, dyb = (backend.asarray(a, dtype="float64") for a in (x, w, b, dy))
-    policy = {"batch_inner": batch_inner, "gather": layout == "gather"}
+    policy = {"batch_inner": batch_inner, "gather": layout == "gather",
+              "windows": backend.window_view if layout == "windows" else None}
+    if layout == "windows" and backend.window_view is None:
+        pytest.skip(f"{backend.name} has no strided-view fast path")
     y, cols = conv_forward(xb, wb, bb, geom, keep_cols=keep_cols, **policy)
     assert (cols is not None) == keep_cols
     np.testing.assert_allclose(as_numpy(y), conv_reference(x, w, b, stride, padding, dilation, groups),

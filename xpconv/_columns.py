@@ -26,7 +26,7 @@ from __future__ import annotations
 import itertools
 import math
 from dataclasses import dataclass, replace
-from functools import lru_cache
+from functools import cached_property, lru_cache
 
 import numpy as np
 from array_api_compat import device
@@ -55,17 +55,17 @@ class _Layout:
     out: tuple[int, ...]
     batch_inner: bool         # the batch inside the GEMM's columns, else one GEMM per sample
 
-    @property
+    @cached_property
     def length(self) -> int:
         """GEMM columns per sample."""
         return math.prod(self.grid)
 
-    @property
+    @cached_property
     def has_extra_columns(self) -> bool:
         """Whether the grid holds columns beyond the output (which are computed, then dropped)."""
         return self.grid != self.out
 
-    @property
+    @cached_property
     def taps(self) -> int:
         return math.prod(self.geom.kernel)
 
@@ -116,7 +116,7 @@ class _Layout:
         """Elements per sample of :meth:`output_columns`'s copy of dY (none where it is a view)."""
         return channels * self.length if self.has_extra_columns or self.batch_inner else 0
 
-    @property
+    @cached_property
     def _crop(self) -> tuple[slice, ...]:
         return tuple(slice(0, o) for o in self.out)
 
@@ -135,11 +135,11 @@ class _Layout:
 class ExactLayout(_Layout):
     """im2col's columns: one per output position, for any stride."""
 
-    def columns(self, x):
+    def columns(self, x, windows=None):
         """x (m, C, *spatial) -> (C, K, m, length), or per sample (m, C, K, length)."""
         m, c = x.shape[:2]
         blocks = (c, self.taps, m, self.length) if self.batch_inner else (m, c, self.taps, self.length)
-        return namespace(x).reshape(im2col(x, self.geom, batch_inner=self.batch_inner), blocks)
+        return namespace(x).reshape(im2col(x, self.geom, batch_inner=self.batch_inner, windows=windows), blocks)
 
     def columns_elements(self, channels: int) -> int:
         """Elements :meth:`columns` allocates per sample (a pointwise convolution's x, moved inside the batch)."""
@@ -179,9 +179,9 @@ class WideLayout(_Layout):
     padded: tuple[int, ...]    # (P_1 + 1, P_2, ..., P_nd)
     offsets: tuple[int, ...]   # per kernel tap, in the weight's (*kernel) order
 
-    def columns(self, x):
+    def columns(self, x, windows=None):
         """x (m, C, *spatial) -> (C, K, m, length), or per sample (m, C, K, length)."""
-        return wide_im2col(x, self)
+        return wide_im2col(x, self, windows)
 
     def columns_elements(self, channels: int) -> int:
         """Elements :meth:`columns` allocates per sample: the padded copy of x and the columns."""
@@ -206,8 +206,8 @@ class GatherLayout(_Layout):
 
     padded: tuple[int, ...]
 
-    def columns(self, x):
-        """x (m, C, *spatial) -> (C, K, m, length), or per sample (m, C, K, length)."""
+    def columns(self, x, windows=None):
+        """x (m, C, *spatial) -> (C, K, m, length), or per sample (m, C, K, length); ``windows`` is not used."""
         xp = namespace(x)
         m, c = x.shape[:2]
         flat = _pad(x, self.geom, self.padded, self.batch_inner)
@@ -326,18 +326,28 @@ def _pad(x, geom: ConvGeometry, padded, batch_inner: bool = False):
     return xpad
 
 
-def wide_im2col(x, layout: WideLayout):
+def wide_im2col(x, layout: WideLayout, windows=None):
     """x (N, C, *spatial) -> cols (N, C, K, length), or with ``layout.batch_inner`` (C, K, N, length): one
-    contiguous slice copy per kernel tap."""
+    contiguous slice copy per kernel tap, or with ``windows`` (a backend's
+    :attr:`~xpconv.backends.Backend.window_view`) one copy of a strided view holding every tap."""
     xp = namespace(x)
     inner = layout.batch_inner
     lead = x.shape[:2][::-1] if inner else x.shape[:2]                    # (C, N) or (N, C)
-    flat = xp.reshape(_pad(x, layout.geom, layout.padded, inner), (*lead, math.prod(layout.padded)))
-    taps = len(layout.offsets)
-    cols = xp.empty((lead[0], taps, lead[1], layout.length) if inner else (*lead, taps, layout.length),
+    size = math.prod(layout.padded)
+    flat = xp.reshape(_pad(x, layout.geom, layout.padded, inner), (*lead, size))
+    taps, length = len(layout.offsets), layout.length
+    if windows is not None:
+        kernel = layout.geom.kernel
+        steps = tuple(d * a for d, a in zip(layout.geom.dilation, _axis_steps(layout.padded), strict=True))
+        if inner:                                                          # (C, *kernel, N, length)
+            view = windows(flat, (lead[0], *kernel, lead[1], length), (lead[1] * size, *steps, size, 1))
+            return xp.reshape(view, (lead[0], taps, lead[1], length), copy=True)
+        view = windows(flat, (*lead, *kernel, length), (lead[1] * size, size, *steps, 1))
+        return xp.reshape(view, (*lead, taps, length), copy=True)
+    cols = xp.empty((lead[0], taps, lead[1], length) if inner else (*lead, taps, length),
                     dtype=x.dtype, device=device(x))
     for t, start in enumerate(layout.offsets):
-        cols[_wide_tap(t, inner)] = flat[:, :, start:start + layout.length]
+        cols[_wide_tap(t, inner)] = flat[:, :, start:start + length]
     return cols
 
 
@@ -348,10 +358,16 @@ def wide_col2im(cols, layout: WideLayout):
     inner = layout.batch_inner
     lead = (cols.shape[0], cols.shape[2]) if inner else cols.shape[:2]
     flat = xp.zeros((*lead, math.prod(layout.padded)), dtype=cols.dtype, device=device(cols))
+    length = layout.length
     for t, start in enumerate(layout.offsets):
-        flat[:, :, start:start + layout.length] += cols[_wide_tap(t, inner)]
+        flat[:, :, start:start + length] += cols[_wide_tap(t, inner)]
     padded = xp.reshape(flat, (*lead, *layout.padded))[(*_ALL2, *layout.geom.interior(layout.spatial))]
     return _swap01(xp, padded) if inner else padded
+
+
+def _axis_steps(padded) -> tuple[int, ...]:
+    """Per spatial axis, the elements between neighbours in a C-contiguous array of spatial shape ``padded``."""
+    return tuple(math.prod(padded[i + 1:]) for i in range(len(padded)))
 
 
 def _wide_tap(t: int, batch_inner: bool) -> tuple:
@@ -364,15 +380,27 @@ def _tap(taps, out_sl, batch_inner: bool) -> tuple:
     return (slice(None), *taps, slice(None), *out_sl) if batch_inner else (*_ALL2, *taps, *out_sl)
 
 
-def im2col(x, geom: ConvGeometry, *, batch_inner: bool = False):
+def im2col(x, geom: ConvGeometry, *, batch_inner: bool = False, windows=None):
     """Unfold x (N, C, *spatial) into cols (N, C, *kernel, *out), or with ``batch_inner`` (C, *kernel, N, *out),
-    one strided slice copy per kernel tap."""
+    one strided slice copy per kernel tap, or for a padded convolution with ``windows`` (a backend's
+    :attr:`~xpconv.backends.Backend.window_view`) one copy of a strided view of the padded x."""
     xp = namespace(x)
     n, c, *spatial = x.shape
     out = geom.output_shape(spatial)
     lead = (c, *geom.kernel, n) if batch_inner else (n, c, *geom.kernel)
     if geom.is_pointwise:
         return xp.reshape(_swap01(xp, x) if batch_inner else x, (*lead, *out))
+    if windows is not None and geom.is_padded:
+        padded = geom.padded_shape(spatial)
+        size, axis = math.prod(padded), _axis_steps(padded)
+        steps = tuple(d * a for d, a in zip(geom.dilation, axis, strict=True))
+        strides = tuple(s * a for s, a in zip(geom.stride, axis, strict=True))
+        src = _pad(x, geom, padded, batch_inner)                          # (N, C, *padded) or (C, N, *padded)
+        if batch_inner:
+            view = windows(src, (*lead, *out), (n * size, *steps, size, *strides))
+        else:
+            view = windows(src, (*lead, *out), (c * size, size, *steps, *strides))
+        return xp.asarray(view, copy=True)
     windows = geom.windows(spatial)
     if not (len(windows) == math.prod(geom.kernel) and all(w[3] for w in windows)):
         # Pad once, so that every tap copies a whole window and cols needs no zero-filling.

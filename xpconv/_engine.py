@@ -206,7 +206,7 @@ def _row_elements(layout: Layout) -> int:
 def conv_forward(x: Array, weight: Array, bias: Array | None, geom: ConvGeometry, *,
                  max_workspace_bytes: int | None = DEFAULT_MAX_WORKSPACE_BYTES, cache_chunk_bytes: int | None = None,
                  batch_inner: bool = False, gather: bool = False, keep_cols: bool = False,
-                 memory_limit: int | None = None) -> tuple[Array, Array | None]:
+                 memory_limit: int | None = None, windows=None) -> tuple[Array, Array | None]:
     """y = W · cols(x) + b, one GEMM per unit (chunk of the batch or row band).
 
     Workspace per unit: its columns (for pointwise convolutions x in the columns' order) and its GEMM result.
@@ -228,7 +228,7 @@ def conv_forward(x: Array, weight: Array, bias: Array | None, geom: ConvGeometry
     y: Array = None if in_place else xp.empty((n, o, *layout.out), dtype=x.dtype, device=device(x))
     cols = None
     for u in units:
-        cols = u.layout.gemm_operand(u.layout.columns(u.of_input(x)), g)      # (G, Cg*K, m*L) or (m, G, Cg*K, L)
+        cols = u.layout.gemm_operand(u.layout.columns(u.of_input(x), windows), g)   # (G, Cg*K, m*L), (m, G, Cg*K, L)
         yc = u.layout.outputs(xp.matmul(w3, cols))                            # (m, O, *out)
         if in_place:
             y = yc
@@ -245,7 +245,7 @@ def conv_forward(x: Array, weight: Array, bias: Array | None, geom: ConvGeometry
 def conv_backward(grad_output: Array, x: Array, weight: Array, geom: ConvGeometry, *, cols: Array | None = None,
                   need_input_grad: bool = True, max_workspace_bytes: int | None = DEFAULT_MAX_WORKSPACE_BYTES,
                   cache_chunk_bytes: int | None = None, batch_inner: bool = False, gather: bool = False,
-                  memory_limit: int | None = None) -> tuple[Array | None, Array]:
+                  memory_limit: int | None = None, windows=None) -> tuple[Array | None, Array]:
     """(dL/dx or None, dL/dW) for y = conv(x, W); ``cols`` is forward's GEMM operand when kept.
 
     dL/dW = sum of dY · colsᵀ: per sample, added one sample after the other (chunking the batch does not
@@ -269,7 +269,7 @@ def conv_backward(grad_output: Array, x: Array, weight: Array, geom: ConvGeometr
     if need_input_grad and as_conv:
         grad_input = conv_backward_data(grad_output, weight, geom, spatial, max_workspace_bytes=max_workspace_bytes,
                                         cache_chunk_bytes=cache_chunk_bytes, batch_inner=batch_inner,
-                                        gather=gather, memory_limit=memory_limit)
+                                        gather=gather, memory_limit=memory_limit, windows=windows)
     row = _row_elements(layout)
     band_per_row = (c * layout.taps * (2 if fold_here else 1) + o) * row      # cols, dcols, dY's copy
 
@@ -292,7 +292,7 @@ def conv_backward(grad_output: Array, x: Array, weight: Array, geom: ConvGeometr
     grad_weight = None
     for u in units:
         lay = u.layout
-        chunk_cols = cols if cols is not None else lay.gemm_operand(lay.columns(u.of_input(x)), g)
+        chunk_cols = cols if cols is not None else lay.gemm_operand(lay.columns(u.of_input(x), windows), g)
         dy = lay.output_columns(grad_output[u.output_index], g)             # (G, O/G, m*L) or (m, G, O/G, L)
         # dWᵀ = cols · dYᵀ: measured 1.4x faster than dY · colsᵀ per sample with OpenBLAS's AVX-512 kernels
         partial = xp.matmul(chunk_cols, xp.matrix_transpose(dy))             # (G, Cg*K, O/G) or (m, G, Cg*K, O/G)
@@ -313,7 +313,7 @@ def conv_backward(grad_output: Array, x: Array, weight: Array, geom: ConvGeometr
 def conv_backward_data(grad_output: Array, weight: Array, geom: ConvGeometry, spatial: Sequence[int], *,
                        max_workspace_bytes: int | None = DEFAULT_MAX_WORKSPACE_BYTES,
                        cache_chunk_bytes: int | None = None, batch_inner: bool = False, gather: bool = False,
-                       memory_limit: int | None = None) -> Array:
+                       memory_limit: int | None = None, windows=None) -> Array:
     """dL/dx (N, C, *spatial) of y = conv(x, W) from dL/dy (N, O, *out): also a transposed convolution's forward.
 
     conv(dY, flipped Wᵀ) where :func:`data_grad_geometry` allows it, else fold(Wᵀ · dY), unit by
@@ -327,7 +327,7 @@ def conv_backward_data(grad_output: Array, weight: Array, geom: ConvGeometry, sp
     if as_conv is not None:
         return conv_forward(grad_output, flipped_transposed_weight(weight, g), None, as_conv,
                             max_workspace_bytes=max_workspace_bytes, cache_chunk_bytes=cache_chunk_bytes,
-                            batch_inner=batch_inner, gather=gather, memory_limit=memory_limit)[0]
+                            batch_inner=batch_inner, gather=gather, memory_limit=memory_limit, windows=windows)[0]
     layout = column_layout(geom, spatial, batch_inner, gather)
     w3 = xp.reshape(weight, (g, o // g, (c // g) * layout.taps))
     per_sample = layout.fold_elements(c) + layout.output_copy_elements(o)    # dcols and their fold, dY's copy

@@ -70,7 +70,8 @@ def memory_limit(backend: Backend) -> int | None:
 
 def engine_policy(backend: Backend, max_workspace_bytes: int | None) -> dict[str, Any]:
     """The engine's keyword arguments for one call on ``backend``: the workspace cap, the chunking, GEMM and
-    column policies and the free-memory guard (see :class:`~xpconv.backends.Backend`).
+    column policies, the columns' fast path (:attr:`~xpconv.backends.Backend.window_view`) and the free-memory
+    guard (see :class:`~xpconv.backends.Backend`).
 
     The default cap, 256 MiB, is a CPU figure; on a GPU, where fewer, larger chunks mean fewer launches, it
     grows to half the :func:`memory_limit` (the device's free memory, times :func:`max_memory_fraction`), so a
@@ -80,7 +81,8 @@ def engine_policy(backend: Backend, max_workspace_bytes: int | None) -> dict[str
     if backend.is_gpu and max_workspace_bytes == DEFAULT_MAX_WORKSPACE_BYTES and limit is not None:
         max_workspace_bytes = max(DEFAULT_MAX_WORKSPACE_BYTES, limit // 2)
     return {"max_workspace_bytes": max_workspace_bytes, "cache_chunk_bytes": backend.cache_chunk_bytes,
-            "batch_inner": backend.batch_inner_gemm, "gather": backend.gather_columns, "memory_limit": limit}
+            "batch_inner": backend.batch_inner_gemm, "gather": backend.gather_columns, "memory_limit": limit,
+            "windows": backend.window_view}
 
 
 def _winograd_policy(policy: dict[str, Any]) -> dict[str, Any]:
