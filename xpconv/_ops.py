@@ -18,6 +18,7 @@ import math
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
+from functools import lru_cache
 from typing import Any
 
 from array_api_compat import array_namespace, device
@@ -126,11 +127,13 @@ def namespace_of(*arrays: Array | None, names: Sequence[str] | None = None) -> A
         raise TypeError(f"arrays come from different libraries ({libs}); move them to one backend first, "
                         "e.g. with xpconv.get_backend(name).asarray(...)") from None
     first_name, first = given[0]
-    for name, a in given[1:]:
-        if device(a) != device(first):
-            raise ValueError(f"{name} is on device {device(a)!r} but {first_name} is on {device(first)!r}; "
-                             "xpconv does not copy between devices silently")
-    supported = tuple(getattr(xp, d) for d in SUPPORTED_DTYPES)
+    if len(given) > 1:
+        first_device = device(first)
+        for name, a in given[1:]:
+            if device(a) != first_device:
+                raise ValueError(f"{name} is on device {device(a)!r} but {first_name} is on {first_device!r}; "
+                                 "xpconv does not copy between devices silently")
+    supported = _supported_dtypes(xp)
     for name, a in given:
         if a.dtype not in supported:
             raise TypeError(f"{name} must have a real floating dtype of float32 or float64, got {a.dtype} "
@@ -139,6 +142,11 @@ def namespace_of(*arrays: Array | None, names: Sequence[str] | None = None) -> A
             raise TypeError(f"{name} has dtype {a.dtype} but {first_name} has {first.dtype}; "
                             "mixed float dtypes are not promoted silently, cast one of them")
     return xp
+
+
+@lru_cache(maxsize=16)
+def _supported_dtypes(xp: Any) -> tuple[Any, ...]:
+    return tuple(getattr(xp, d) for d in SUPPORTED_DTYPES)
 
 
 @dataclass

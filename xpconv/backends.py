@@ -562,7 +562,18 @@ BACKEND_NAMES = (*LIBRARY_NAMES, "auto")
 
 
 def library_of(x: object) -> str | None:
-    """The backend name of array ``x``'s library ("numpy", "cupy", ...), or None for anything else."""
+    """The backend name of array ``x``'s library ("numpy", "cupy", ...), or None for anything else
+    (answered once per type)."""
+    kind = type(x)
+    if kind not in _LIBRARY_BY_TYPE:
+        _LIBRARY_BY_TYPE[kind] = _library_of(x)
+    return _LIBRARY_BY_TYPE[kind]
+
+
+_LIBRARY_BY_TYPE: dict[type, str | None] = {}
+
+
+def _library_of(x: object) -> str | None:
     if is_numpy_array(x):
         return "numpy"
     if is_cupy_array(x):
@@ -594,10 +605,7 @@ def _compat_namespace(name: str) -> Any:
 
 
 def _device_of(x: Array) -> Device:
-    from array_api_compat import device
-
-    dev = device(x)
-    return "cpu" if library_of(x) == "numpy" else dev
+    return "cpu" if library_of(x) == "numpy" else x.device
 
 
 def to_numpy(x: Any) -> np.ndarray:
