@@ -88,6 +88,7 @@ def _memory_plot_path(plot: str) -> str:
 
 def run(args) -> int:
     from .._ops import DEFAULT_MAX_WORKSPACE_BYTES
+    from ..allocator import keep_freed_memory
     from ..cli.paths import check_outputs
     from . import report
     from .driver import make_runners, memory_sweep, run_suite, summarize
@@ -95,6 +96,7 @@ def run(args) -> int:
     from .suite import select_layers
 
     layers = select_layers(args.layers)   # a ValueError: one line and exit status 2 (xpconv.cli.errors)
+    kept = keep_freed_memory()            # every runner, torch-ref's too, reuses freed memory (xpconv.allocator)
     memory_plot = args.memory_plot or (args.plot and args.memory_sweep and _memory_plot_path(args.plot))
     check_outputs({"--json": args.json, "--plot": args.plot, "--memory-plot": memory_plot or None})
     if args.tf32:
@@ -115,6 +117,7 @@ def run(args) -> int:
     env = collect_environment(args.torch_device)  # while the thread limits are in force
     env["threads"] = threads
     env["tf32"] = args.tf32
+    env["keep_freed_memory"] = kept
     if note := coretype_note():
         print(note, file=sys.stderr)
     progress = not args.no_progress

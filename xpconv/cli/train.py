@@ -13,6 +13,7 @@ import time
 from typing import Any
 
 from .. import __version__, io
+from ..allocator import keep_freed_memory
 from ..backends import BACKEND_NAMES, get_backend
 from ..checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from ..data import DATASETS, augmentation, load_dataset
@@ -106,6 +107,7 @@ def _metrics(config, history, backend, model, data) -> dict[str, Any]:
 
 
 def _run_train(args) -> int:
+    keep_freed_memory()                   # the same arrays every step: no page faults to get them back
     if not args.distributed:
         return _train(args, Communicator(get_backend(args.backend, args.device)))
     comm = init_communicator(args.backend, args.device)
