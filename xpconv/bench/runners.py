@@ -17,7 +17,7 @@ from .._geometry import make_geometry
 from .._ops import ALGORITHMS, choose_algorithm, conv, conv_grads
 from ..backends import LIBRARY_NAMES, Backend, get_backend
 
-__all__ = ["BACKEND_CHOICES", "Case", "Runner", "jax_conv", "layer_geometry", "make_runner"]
+__all__ = ["BACKEND_CHOICES", "Case", "Runner", "jax_conv", "layer_geometry", "layer_inputs", "make_runner"]
 
 BACKEND_CHOICES = (*LIBRARY_NAMES, "torch-ref", "jax-ref")
 
@@ -29,7 +29,7 @@ class Case:
     step: Callable[[], object]
 
 
-def _inputs(layer, rng: np.random.Generator):
+def layer_inputs(layer, rng: np.random.Generator):
     """float32 x, weight, bias and grad_output on the host, scaled like a real layer."""
     x = rng.standard_normal(layer.x_shape, dtype=np.float32)
     w = rng.standard_normal(layer.w_shape, dtype=np.float32) / np.float32(np.sqrt(np.prod(layer.w_shape[1:])))
@@ -112,7 +112,7 @@ class XpconvRunner(Runner):
         return True
 
     def case(self, layer, rng, max_workspace_bytes) -> Case:
-        x, w, b, dy = (self._asarray(a) for a in _inputs(layer, rng))
+        x, w, b, dy = (self._asarray(a) for a in layer_inputs(layer, rng))
         geom = layer_geometry(layer)
 
         def forward():
@@ -138,7 +138,7 @@ class TorchRefRunner(Runner):
 
     def case(self, layer, rng, max_workspace_bytes) -> Case:
         torch_conv = getattr(self.torch.nn.functional, f"conv{layer.nd}d")
-        x, w, b, dy = (self._asarray(a) for a in _inputs(layer, rng))
+        x, w, b, dy = (self._asarray(a) for a in layer_inputs(layer, rng))
         for t in (x, w, b):
             t.requires_grad_(True)
 
@@ -221,7 +221,7 @@ class JaxRefRunner(Runner):
 
     def case(self, layer, rng, max_workspace_bytes) -> Case:
         jax = self.jax
-        x, w, b, dy = (self._asarray(a) for a in _inputs(layer, rng))
+        x, w, b, dy = (self._asarray(a) for a in layer_inputs(layer, rng))
         geom = layer_geometry(layer)
 
         def f(x, w, b):
