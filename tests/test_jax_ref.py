@@ -66,3 +66,37 @@ def test_bench_has_a_jax_ref_row(tmp_path, capsys):
     assert data["environment"]["versions"]["jax"] == jax.__version__
     row = next(r for r in data["results"] if r["backend"] == "jax-ref")
     assert row["step_s"] > 0 and row["gemm_gflops"] > 0 and row["peak_workspace_bytes"] is None
+
+
+def test_the_jax_training_step_is_xpconvs(rng):
+    """One ResNet-20 step in JAX (float64) gives xpconv's loss, updated weights and running statistics."""
+    from xpconv import nn
+    from xpconv.bench.jax_step import jax_mirror, jax_train_step
+    from xpconv.models import resnet20
+    from xpconv.optim import SGD
+
+    model = resnet20(num_classes=10, dtype="float64", seed=1)
+    x, labels = rng.standard_normal((4, 3, 32, 32)), rng.integers(0, 10, 4)
+    with jax.enable_x64(True):
+        params, state, apply = jax_mirror(model)
+        zeros = jax.tree.map(jax.numpy.zeros_like, params)
+        params, _, state, loss = jax_train_step(apply, 0.1, 0.9)(params, zeros, state, jax.numpy.asarray(x),
+                                                                 jax.numpy.asarray(labels))
+    optimizer, loss_fn = SGD(model.parameters(), lr=0.1, momentum=0.9), nn.CrossEntropyLoss()
+    expected_loss = float(loss_fn(model(x), labels))
+    model.backward(loss_fn.backward())
+    optimizer.step()
+    assert abs(float(loss) - expected_loss) <= 1e-10 * abs(expected_loss)
+    after = model.state_dict()
+    assert set(after) == set(params) | set(state)
+    for name, value in after.items():
+        got = np.asarray(params[name] if name in params else state[name])
+        np.testing.assert_allclose(got, value, rtol=1e-9, atol=1e-10, err_msg=name)
+
+
+def test_bench_model_has_a_jax_ref_row(capsys):
+    rc = main(["bench", "--model", "resnet20", "--backends", "numpy,jax-ref", "--batch-size", "2", "--steps", "1",
+               "--warmup", "1", "--threads", "1"])
+    assert rc == 0
+    row = next(line for line in capsys.readouterr().out.splitlines() if "| jax-ref |" in line)
+    assert float(row.split("|")[6]) > 0                                              # images/s
