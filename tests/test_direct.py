@@ -153,10 +153,3 @@ def test_workspace_stays_under_the_cap(rng, shape, mult, stride, cap):
     geom = make_geometry((3, 3), stride, 1, 1, c)
     assert n * c * 8 * direct._per_channel(mult, geom, (h, h)) > 2 * cap
     assert forward_peak <= 1.05 * cap and backward_peak <= 1.05 * cap, (forward_peak / cap, backward_peak / cap)
-
-
-def test_direct_preferred_only_for_depthwise():
-    depthwise = make_geometry((3, 3), 1, 1, 1, 64)
-    assert not direct.direct_preferred(make_geometry((3, 3), 1, 1, 1, 1), (32, 64, 32, 32))
-    assert not direct.direct_preferred(make_geometry((3, 3), 1, 1, 1, 32), (32, 64, 32, 32))
-    assert isinstance(direct.direct_preferred(depthwise, (32, 64, 32, 32)), bool)

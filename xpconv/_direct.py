@@ -42,7 +42,7 @@ from ._engine import (
 from ._geometry import ConvGeometry
 from ._typing import Array
 
-__all__ = ["direct_unsupported", "direct_forward", "direct_backward", "direct_preferred"]
+__all__ = ["direct_unsupported", "direct_forward", "direct_backward"]
 
 
 def direct_unsupported(geom: ConvGeometry, channels: int | None = None) -> str | None:
@@ -52,12 +52,6 @@ def direct_unsupported(geom: ConvGeometry, channels: int | None = None) -> str |
         return (f"it is depthwise only: one input channel per group (C // groups == 1), got {channels} channels "
                 f"in {geom.groups} group(s)")
     return None
-
-
-def direct_preferred(geom: ConvGeometry, x_shape: tuple[int, ...]) -> bool:
-    """Whether the direct algorithm measured faster than im2col for a convolution of ``geom`` on x of
-    ``x_shape`` (N, C, *spatial), float32 NumPy on 2 threads, forward + backward (docs/algorithms.md)."""
-    return direct_unsupported(geom, x_shape[1]) is None
 
 
 def _taps(geom: ConvGeometry, out: tuple[int, ...]) -> list[tuple[slice, ...]]:
