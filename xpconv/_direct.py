@@ -18,9 +18,10 @@ Shapes::
     xpad  (n, C, 1, *padded)      a chunk of n samples           w  (1, C, M, K) after a reshape
     acc   (n, C, M, *out)         one chunk's output (or dY) with its multiplier axis
 
-The batch is processed in chunks whose workspace stays under ``max_workspace_bytes`` (and
-``cache_chunk_bytes`` where given) with the engine's :func:`~xpconv._engine.batch_chunks`; a sample is not
-split, so one over the cap is a ValueError.  Rounding: each output is a sum of K products accumulated in
+The work is done in steps whose workspace stays under ``max_workspace_bytes`` (and a quarter of
+``cache_chunk_bytes`` where given): chunks of samples from the engine's :func:`~xpconv._engine.batch_chunks`,
+or groups of one sample's channels where a sample is over that budget; a cap below one channel of one sample is
+a ValueError.  Rounding: each output is a sum of K products accumulated in
 the data's dtype, like the engine's GEMM; docs/algorithms.md states the float32 bound the tests hold.
 """
 from __future__ import annotations
