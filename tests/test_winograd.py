@@ -5,43 +5,21 @@ import tracemalloc
 
 import numpy as np
 import pytest
+from algorithm_checks import FLOAT32_BOUND, check_against_reference, check_finite_differences, float32_errors
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import xpconv
 import xpconv._winograd as winograd
 from conftest import as_numpy
-from reference import conv_backward_reference, conv_reference
 from xpconv import nn
 
 ALGORITHMS = ("auto", "im2col", "winograd")
-# The float32 bound docs/algorithms.md states: max |y32 - y64| <= 4 eps32 * max conv(|x|, |W|), likewise for
-# dL/dx (with |dY|, |W|) and dL/dW (with |dY|, |x|).
-FLOAT32_BOUND = 4 * float(np.finfo(np.float32).eps)
-
-
-def _pads(padding):
-    lo_h, lo_w = (padding, padding) if isinstance(padding, int) else padding
-    return ((lo_h, lo_h), (lo_w, lo_w))
 
 
 def _check(backend, rng, n, c, o, size, groups, padding, algorithm, bias=True, max_workspace_bytes=2**28):
-    x = rng.standard_normal((n, c, *size))
-    w = rng.standard_normal((o, c // groups, 3, 3))
-    b = rng.standard_normal(o) if bias else None
-    pads = _pads(padding)
-    y_ref = conv_reference(x, w, b, (1, 1), pads, (1, 1), groups)
-    dy = rng.standard_normal(y_ref.shape)
-    dx_ref, dw_ref, db_ref = conv_backward_reference(dy, x, w, (1, 1), pads, (1, 1), groups)
-    as_b = lambda a: backend.asarray(a, dtype="float64")  # noqa: E731
-    kw = dict(padding=padding, groups=groups, algorithm=algorithm, max_workspace_bytes=max_workspace_bytes)
-    y = xpconv.conv2d(as_b(x), as_b(w), None if b is None else as_b(b), **kw)
-    grads = xpconv.conv2d_backward(as_b(dy), as_b(x), as_b(w), **kw)
-    for got, want in zip((y, *grads), (y_ref, dx_ref, dw_ref, db_ref), strict=True):
-        assert type(got) is type(as_b(x))
-        got = as_numpy(got)
-        assert got.shape == want.shape
-        np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-10 * max(1.0, np.abs(want).max()))
+    check_against_reference(backend, rng, (n, c, *size), (o, c // groups, 3, 3), algorithm, padding=padding,
+                            groups=groups, bias=bias, max_workspace_bytes=max_workspace_bytes)
 
 
 @pytest.mark.parametrize("algorithm", ALGORITHMS)
@@ -73,43 +51,14 @@ def test_winograd_on_random_configurations(backend, n, cg, og, groups, h, w, pad
 
 
 def test_winograd_gradients_by_finite_differences(backend, rng):
-    """dL/dx and dL/dW of L = sum(conv(x, W) * R) by central differences, float64, every entry."""
-    kw = dict(padding=(1, 2), groups=2, algorithm="winograd")
-    x, w = rng.standard_normal((2, 4, 5, 4)), rng.standard_normal((4, 2, 3, 3))
-    as_b = lambda a: backend.asarray(a, dtype="float64")  # noqa: E731
-    r = rng.standard_normal(as_numpy(xpconv.conv2d(as_b(x), as_b(w), **kw)).shape)
-
-    def loss(xv, wv):
-        return float(np.sum(as_numpy(xpconv.conv2d(as_b(xv), as_b(wv), **kw)) * r))
-
-    dx, dw, _ = (as_numpy(g) for g in xpconv.conv2d_backward(as_b(r), as_b(x), as_b(w), **kw))
-    eps = 1e-6
-    for arr, grad, slot in ((x, dx, 0), (w, dw, 1)):
-        numeric = np.zeros_like(arr)
-        for idx in np.ndindex(*arr.shape):
-            args = [x.copy(), w.copy()]
-            args[slot][idx] += eps
-            up = loss(*args)
-            args[slot][idx] -= 2 * eps
-            numeric[idx] = (up - loss(*args)) / (2 * eps)
-        np.testing.assert_allclose(grad, numeric, rtol=1e-6, atol=1e-7)
+    check_finite_differences(backend, rng, (2, 4, 5, 4), (4, 2, 3, 3), "winograd", padding=(1, 2), groups=2)
 
 
 @pytest.mark.parametrize("c, o, size", [(3, 16, 16), (64, 32, 8), (256, 16, 6)])
 def test_float32_error_stays_under_the_documented_bound(backend, rng, c, o, size):
     """Winograd's float32 results against float64, each relative to the convolution of the absolute values."""
-    x = rng.standard_normal((2, c, size, size))
-    w = rng.standard_normal((o, c, 3, 3)) / np.sqrt(9 * c)
-    dy = rng.standard_normal((2, o, size, size))
-    exact = [xpconv.conv2d(x, w, padding=1), *xpconv.conv2d_backward(dy, x, w, padding=1)[:2]]
-    scale = [xpconv.conv2d(abs(x), abs(w), padding=1), *xpconv.conv2d_backward(abs(dy), abs(x), abs(w), padding=1)[:2]]
-    x32, w32, dy32 = (backend.asarray(a, dtype="float32") for a in (x, w, dy))
-    got = [xpconv.conv2d(x32, w32, padding=1, algorithm="winograd"),
-           *xpconv.conv2d_backward(dy32, x32, w32, padding=1, algorithm="winograd")[:2]]
-    for g, e, s in zip(got, exact, scale, strict=True):
-        assert g.dtype == backend.xp.float32
-        error = np.abs(as_numpy(g) - e).max() / s.max()
-        assert error <= FLOAT32_BOUND, error
+    errors = float32_errors(backend, rng, (2, c, size, size), (o, c, 3, 3), "winograd", padding=1)
+    assert max(errors) <= FLOAT32_BOUND, errors
 
 
 def test_the_layer_takes_the_algorithm(backend, rng):

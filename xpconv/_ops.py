@@ -24,6 +24,7 @@ from typing import Any
 from array_api_compat import array_namespace, device
 
 from ._columns import col2im, im2col
+from ._direct import direct_backward, direct_forward, direct_unsupported
 from ._docstrings import CONV_ND
 from ._engine import (
     DEFAULT_MAX_WORKSPACE_BYTES,
@@ -45,7 +46,7 @@ __all__ = ["ALGORITHMS", "ConvContext", "choose_algorithm", "namespace_of", "Con
            "check_max_workspace_bytes", "max_memory_fraction", "memory_limit", "engine_policy"]
 
 SUPPORTED_DTYPES = ("float32", "float64")
-ALGORITHMS = ("auto", "im2col", "winograd")
+ALGORITHMS = ("auto", "im2col", "winograd", "direct")
 DEFAULT_MAX_MEMORY_FRACTION = 0.9
 _FRACTION_VARIABLE = "XPCONV_MAX_MEMORY_FRACTION"
 
@@ -87,21 +88,25 @@ def engine_policy(backend: Backend, max_workspace_bytes: int | None) -> dict[str
 
 
 def _winograd_policy(policy: dict[str, Any]) -> dict[str, Any]:
-    """The part of :func:`engine_policy` Winograd takes (it has no column or GEMM-batching choices)."""
+    """The part of :func:`engine_policy` Winograd and the direct algorithm take (no column or GEMM choices)."""
     return {k: policy[k] for k in ("max_workspace_bytes", "cache_chunk_bytes", "memory_limit")}
 
 
-def choose_algorithm(algorithm: object, geom: ConvGeometry) -> str:
-    """The algorithm that computes a convolution of geometry ``geom`` when ``algorithm`` is asked for.
+def choose_algorithm(algorithm: object, geom: ConvGeometry, channels: int | None = None) -> str:
+    """The algorithm that computes a convolution of geometry ``geom`` (``channels`` input channels, where
+    known) when ``algorithm`` is asked for.
 
-    ``"im2col"`` (any geometry) and ``"winograd"`` (F(2x2, 3x3): 2-D 3x3 stride-1 dilation-1 kernels) are
-    taken as asked; ValueError when Winograd cannot do ``geom``, naming why, or for an unknown name.
-    ``"auto"`` is im2col: Winograd measured no clear win on the suite's layers (docs/algorithms.md).
+    ``"im2col"`` (any geometry), ``"winograd"`` (F(2x2, 3x3): 2-D 3x3 stride-1 dilation-1 kernels) and
+    ``"direct"`` (depthwise: one input channel per group) are taken as asked; ValueError when the algorithm
+    cannot do ``geom``, naming why, or for an unknown name.  ``"auto"`` is im2col: Winograd measured no clear
+    win on the suite's layers (docs/algorithms.md).
     """
     if algorithm not in ALGORITHMS:
         raise ValueError(f"algorithm must be one of {', '.join(map(repr, ALGORITHMS))}, got {algorithm!r}")
     if algorithm == "winograd" and (why := winograd_unsupported(geom)) is not None:
         raise ValueError(f"algorithm='winograd' cannot compute this convolution: {why}; use 'im2col' or 'auto'")
+    if algorithm == "direct" and (why := direct_unsupported(geom, channels)) is not None:
+        raise ValueError(f"algorithm='direct' cannot compute this convolution: {why}; use 'im2col' or 'auto'")
     return "im2col" if algorithm == "auto" else str(algorithm)
 
 
@@ -260,11 +265,13 @@ def conv(x: Array, weight: Array, bias: Array | None, geom: ConvGeometry | ConvS
     ``algorithm``: see :func:`choose_algorithm`; backward uses the one chosen here."""
     check_max_workspace_bytes(max_workspace_bytes)
     ctx = prepare(x, weight, bias, geom, channels_last=channels_last)
-    ctx.algorithm = choose_algorithm(algorithm, ctx.geom)
+    ctx.algorithm = choose_algorithm(algorithm, ctx.geom, ctx.x.shape[1])
     policy = engine_policy(ctx.backend, max_workspace_bytes)
     with ctx.backend.activate():                     # the functional API too allocates on the inputs' device
         if ctx.algorithm == "winograd":
             y = winograd_forward(ctx.x, ctx.weight, bias, ctx.geom, **_winograd_policy(policy))
+        elif ctx.algorithm == "direct":
+            y = direct_forward(ctx.x, ctx.weight, bias, ctx.geom, **_winograd_policy(policy))
         else:
             y, ctx.cols = conv_forward(ctx.x, ctx.weight, bias, ctx.geom, keep_cols=keep_cols, **policy)
         return _finish(ctx.xp, y, ctx.batched, channels_last), ctx
@@ -289,6 +296,9 @@ def conv_grads(ctx: ConvContext, grad_output: Array, *, max_workspace_bytes: int
         if ctx.algorithm == "winograd":
             grad_x, grad_w = winograd_backward(dy, ctx.x, ctx.weight, ctx.geom, need_input_grad=need_input_grad,
                                                **_winograd_policy(policy))
+        elif ctx.algorithm == "direct":
+            grad_x, grad_w = direct_backward(dy, ctx.x, ctx.weight, ctx.geom, need_input_grad=need_input_grad,
+                                             **_winograd_policy(policy))
         else:
             grad_x, grad_w = conv_backward(dy, ctx.x, ctx.weight, ctx.geom, cols=ctx.cols,
                                            need_input_grad=need_input_grad, **policy)

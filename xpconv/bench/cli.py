@@ -40,12 +40,14 @@ def register(subparsers) -> None:
                     "GEMM. Prints a markdown table; see benchmarks/README.md.")
     p.add_argument("--backends", type=_backends, default=["numpy", "torch", "torch-ref"],
                    help=f"comma-separated from {','.join(BACKEND_CHOICES)}; torch-ref is torch.nn.functional.conv*d "
-                        "with autograd. Unavailable ones are skipped with a note (default: numpy,torch,torch-ref)")
+                        "with autograd, jax-ref jax.lax.conv_general_dilated under jit with vjp (XLA's CPU threads: "
+                        "1 with --threads 1, else all CPUs; docs/benchmarks.md). Unavailable ones are skipped with a "
+                        "note (default: numpy,torch,torch-ref)")
     p.add_argument("--algorithms", type=_algorithms, default=["auto"],
-                   help="comma-separated from auto,im2col,winograd: each xpconv backend runs each algorithm side by "
-                        "side, as a row named backend:algorithm (auto: the backend's name); an algorithm is skipped "
-                        "on layers it cannot compute (winograd: 2-D 3x3 stride 1). Prints what auto chose per layer "
-                        "(default: auto)")
+                   help="comma-separated from auto,im2col,winograd,direct: each xpconv backend runs each algorithm "
+                        "side by side, as a row named backend:algorithm (auto: the backend's name); an algorithm is "
+                        "skipped on layers it cannot compute (winograd: 2-D 3x3 stride 1; direct: depthwise). Prints "
+                        "what auto chose per layer (default: auto)")
     p.add_argument("--layers", default="all",
                    help=f"all, quick ({','.join(QUICK)}), comma-separated names "
                         f"({', '.join(layer.name for layer in SUITE)}), or custom layers 'N,C,S,O,k,stride,pad"
@@ -92,7 +94,7 @@ def run(args) -> int:
     from ..cli.paths import check_outputs
     from . import report
     from .driver import make_runners, memory_sweep, run_suite, summarize
-    from .environment import collect_environment, coretype_note, set_tf32, set_threads
+    from .environment import collect_environment, coretype_note, set_tf32, set_threads, set_xla_threads
     from .suite import select_layers
 
     layers = select_layers(args.layers)   # a ValueError: one line and exit status 2 (xpconv.cli.errors)
@@ -103,6 +105,7 @@ def run(args) -> int:
         os.environ.setdefault("CUPY_TF32", "1")  # before CuPy is imported by a runner
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     threads = args.threads or cpus
+    xla_threads = set_xla_threads(threads, cpus)     # before a runner imports JAX
     if args.model:
         from .model_step import run_model
 
@@ -116,6 +119,8 @@ def run(args) -> int:
     limiter = set_threads(threads)
     env = collect_environment(args.torch_device)  # while the thread limits are in force
     env["threads"] = threads
+    if any(r.name == "jax-ref" for r in runners):
+        env["xla_threads"] = xla_threads
     env["tf32"] = args.tf32
     env["keep_freed_memory"] = kept
     if note := coretype_note():

@@ -16,9 +16,9 @@ __all__ = ["make_runners", "run_suite", "memory_sweep", "summarize"]
 def make_runners(names, torch_device: str = "cpu", algorithms=("auto",)):
     """(runners, skipped): the backends that run here, and {name: reason} for those that cannot.
 
-    xpconv's backends get one runner per algorithm in ``algorithms``; torch-ref one."""
+    xpconv's backends get one runner per algorithm in ``algorithms``; torch-ref and jax-ref one each."""
     runners, skipped = [], {}
-    jobs = [(name, alg) for name in names for alg in (("auto",) if name == "torch-ref" else algorithms)]
+    jobs = [(name, alg) for name in names for alg in (("auto",) if name.endswith("-ref") else algorithms)]
     for name, algorithm in jobs:
         try:
             runners.append(make_runner(name, torch_device, algorithm))

@@ -7,10 +7,13 @@ import sys
 from datetime import datetime, timezone
 from typing import Any
 
-__all__ = ["set_threads", "set_tf32", "collect_environment", "blas_pools", "coretype_note"]
+__all__ = ["set_threads", "set_xla_threads", "set_tf32", "collect_environment", "blas_pools", "coretype_note"]
 
 _ENV_VARS = ("CUPY_TF32", "OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS",
-             "MKL_NUM_THREADS", "XPCONV_BACKEND")
+             "MKL_NUM_THREADS", "XPCONV_BACKEND", "XLA_FLAGS")
+# XLA has no documented thread-count setting (JAX issues #743, #1539); this pair of flags is the one its
+# maintainers gave for a single thread.  Otherwise XLA's CPU pool takes every CPU the process may run on.
+_XLA_ONE_THREAD = "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
 
 
 def set_threads(threads: int):
@@ -27,6 +30,18 @@ def set_threads(threads: int):
               file=sys.stderr)
         return None
     return threadpool_limits(limits=threads)
+
+
+def set_xla_threads(threads: int, cpus: int) -> str:
+    """Set XLA's CPU threads for ``jax-ref`` before JAX is imported, as far as XLA allows; returns what JAX's
+    CPU work runs on, for the report: ``"1"`` (``$XLA_FLAGS`` gets the single-thread flags), ``"all N CPUs"``
+    (XLA's default, where ``threads`` >= the CPUs), or a statement that it could not be limited."""
+    if threads == 1 and "jax" not in sys.modules:
+        os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {_XLA_ONE_THREAD}".strip()
+        return "1"
+    if threads >= cpus:
+        return f"all {cpus} CPUs"
+    return f"all {cpus} CPUs (XLA has no setting for {threads} threads)"
 
 
 def set_tf32(enabled: bool) -> None:
@@ -102,6 +117,9 @@ def collect_environment(torch_device: str = "cpu") -> dict:
         if torch.cuda.is_available():
             cuda = torch.device(torch_device) if torch_device.startswith("cuda") else torch.device("cuda", 0)
             env["torch"]["gpu"] = torch.cuda.get_device_name(cuda)
+    jax = sys.modules.get("jax")
+    if jax is not None:
+        env["versions"]["jax"] = jax.__version__
     cupy = sys.modules.get("cupy")
     if cupy is not None:
         env["versions"]["cupy"] = cupy.__version__

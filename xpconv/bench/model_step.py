@@ -4,7 +4,8 @@ One step is what :func:`xpconv.training.fit` does per batch: zero the gradients,
 backward, SGD-with-momentum update.  Each xpconv backend runs the model built from one ``arch`` record
 (same seed, same weights); ``torch-ref`` runs the same network as ``torch.nn`` modules with torch's
 autograd and ``torch.optim.SGD``, built by :func:`torch_mirror` from the xpconv model and loaded with its
-``state_dict()``.  Times come from each runner's :meth:`~xpconv.backends.Backend.times` (median after
+``state_dict()``; ``jax-ref`` runs it as a jitted JAX function (:mod:`xpconv.bench.jax_step`).  Times come
+from each runner's :meth:`~xpconv.backends.Backend.times` (median after
 warm-up; CUDA events on a GPU).
 """
 from __future__ import annotations
@@ -122,6 +123,23 @@ def _torch_step(runner, arch, x, labels):
     return step
 
 
+def _jax_step(runner, arch, x, labels):
+    """The same step in JAX (:mod:`xpconv.bench.jax_step`), every step waited for."""
+    import jax
+
+    from .jax_step import jax_mirror, jax_train_step
+
+    params, state, apply = jax_mirror(build_model(arch, backend="numpy"))
+    train = jax_train_step(apply, LR, MOMENTUM)
+    x, labels = jax.device_put(x), jax.device_put(labels)
+    held = [params, jax.tree.map(jax.numpy.zeros_like, params), state]
+
+    def step():
+        *held[:], _ = jax.block_until_ready(train(*held, x, labels))
+
+    return step
+
+
 def bench_models(runners, name: str, *, batch_size: int, steps: int, warmup: int, seed: int = 0) -> list[dict]:
     """One row per runner: median seconds per training step of model ``name``, images/s, ratio to torch-ref."""
     arch = MODELS[name](num_classes=NUM_CLASSES).arch
@@ -130,7 +148,7 @@ def bench_models(runners, name: str, *, batch_size: int, steps: int, warmup: int
     labels = rng.integers(0, NUM_CLASSES, batch_size)
     rows: list[dict[str, Any]] = []
     for runner in runners:
-        make = _torch_step if runner.name == "torch-ref" else _xpconv_step
+        make = {"torch-ref": _torch_step, "jax-ref": _jax_step}.get(runner.name, _xpconv_step)
         times = runner.times(make(runner, arch, x, labels), steps, warmup)
         step_s = statistics.median(times)
         rows.append({"model": name, "backend": runner.name, "device": runner.device, "batch_size": batch_size,

@@ -30,8 +30,9 @@ def environment_line(env) -> str:
     versions = ", ".join(f"{k} {v}" for k, v in env["versions"].items())
     blas = [f"{b['internal_api']} {b.get('version')} ({kernels})" for b, kernels in _kernels(env)]
     coretype = env.get("env", {}).get("OPENBLAS_CORETYPE")
+    xla = [f"XLA CPU threads {env['xla_threads']}"] if env.get("xla_threads") else []
     parts = [env["cpu"] + (f", GPU {env['gpu']}" if env.get("gpu") else ""), f"threads {env.get('threads')}",
-             versions, *blas, *([f"OPENBLAS_CORETYPE={coretype}"] if coretype else [])]
+             *xla, versions, *blas, *([f"OPENBLAS_CORETYPE={coretype}"] if coretype else [])]
     return "environment: " + "; ".join(parts)
 
 
@@ -40,7 +41,7 @@ def auto_choices(layers) -> dict[str, str]:
     from .._ops import choose_algorithm
     from .runners import layer_geometry
 
-    return {layer.name: choose_algorithm("auto", layer_geometry(layer)) for layer in layers}
+    return {layer.name: choose_algorithm("auto", layer_geometry(layer), layer.c) for layer in layers}
 
 
 def markdown_table(rows, layers) -> str:

@@ -1,4 +1,4 @@
-"""What is timed: xpconv's convolution on one backend, torch's own convolution, and a plain GEMM.
+"""What is timed: xpconv's convolution on one backend, torch's and JAX's own convolutions, and a plain GEMM.
 
 Each :class:`Runner` builds, for a :class:`~xpconv.bench.suite.Layer`, three
 callables - forward, backward, forward+backward - that do what a training step
@@ -17,9 +17,9 @@ from .._geometry import make_geometry
 from .._ops import ALGORITHMS, choose_algorithm, conv, conv_grads
 from ..backends import LIBRARY_NAMES, Backend, get_backend
 
-__all__ = ["BACKEND_CHOICES", "Case", "Runner", "layer_geometry", "make_runner"]
+__all__ = ["BACKEND_CHOICES", "Case", "Runner", "jax_conv", "layer_geometry", "layer_inputs", "make_runner"]
 
-BACKEND_CHOICES = (*LIBRARY_NAMES, "torch-ref")
+BACKEND_CHOICES = (*LIBRARY_NAMES, "torch-ref", "jax-ref")
 
 
 @dataclass
@@ -29,7 +29,7 @@ class Case:
     step: Callable[[], object]
 
 
-def _inputs(layer, rng: np.random.Generator):
+def layer_inputs(layer, rng: np.random.Generator):
     """float32 x, weight, bias and grad_output on the host, scaled like a real layer."""
     x = rng.standard_normal(layer.x_shape, dtype=np.float32)
     w = rng.standard_normal(layer.w_shape, dtype=np.float32) / np.float32(np.sqrt(np.prod(layer.w_shape[1:])))
@@ -106,13 +106,13 @@ class XpconvRunner(Runner):
 
     def runs(self, layer) -> bool:
         try:
-            choose_algorithm(self.algorithm, layer_geometry(layer))
+            choose_algorithm(self.algorithm, layer_geometry(layer), layer.c)
         except ValueError:
             return False
         return True
 
     def case(self, layer, rng, max_workspace_bytes) -> Case:
-        x, w, b, dy = (self._asarray(a) for a in _inputs(layer, rng))
+        x, w, b, dy = (self._asarray(a) for a in layer_inputs(layer, rng))
         geom = layer_geometry(layer)
 
         def forward():
@@ -138,7 +138,7 @@ class TorchRefRunner(Runner):
 
     def case(self, layer, rng, max_workspace_bytes) -> Case:
         torch_conv = getattr(self.torch.nn.functional, f"conv{layer.nd}d")
-        x, w, b, dy = (self._asarray(a) for a in _inputs(layer, rng))
+        x, w, b, dy = (self._asarray(a) for a in layer_inputs(layer, rng))
         for t in (x, w, b):
             t.requires_grad_(True)
 
@@ -152,6 +152,93 @@ class TorchRefRunner(Runner):
                     step=lambda: grad(forward(), (x, w, b), dy))
 
 
+def jax_conv(x, w, b, stride, padding, dilation, groups):
+    """y = conv(x, w) + b in JAX, channels-first like xpconv: ``jax.lax.conv_general_dilated`` at full float32
+    precision (``Precision.HIGHEST``: no TF32 or bfloat16 passes on an accelerator); ``stride``, ``dilation``
+    per axis, ``padding`` (lo, hi) per axis, ``b`` None or (O,)."""
+    from jax import lax
+
+    nd = x.ndim - 2
+    axes = "DHW"[-nd:]
+    dims = lax.conv_dimension_numbers(x.shape, w.shape, (f"NC{axes}", f"OI{axes}", f"NC{axes}"))
+    y = lax.conv_general_dilated(x, w, tuple(stride), [tuple(p) for p in padding], rhs_dilation=tuple(dilation),
+                                 dimension_numbers=dims, feature_group_count=groups,
+                                 precision=lax.Precision.HIGHEST)
+    return y if b is None else y + b.reshape((1, -1) + (1,) * nd)
+
+
+class JaxRefRunner(Runner):
+    """JAX's own convolution (:func:`jax_conv`) under ``jax.jit``, differentiated with ``jax.vjp``; every call
+    waits for its results (``block_until_ready``), so the wall clock times the work, not its dispatch.
+
+    Forward is the jitted convolution, backward the jitted vjp function of a forward done once (as torch-ref's
+    backward reuses a saved graph), forward+backward one jitted function returning y and the three gradients.
+    XLA's CPU threads are set before JAX is imported (:func:`xpconv.bench.environment.set_xla_threads`)."""
+
+    name = "jax-ref"
+
+    def __init__(self, backend: Backend):
+        import jax
+
+        self.jax = jax
+        self.backend = backend                       # the host clock; JAX arrays live on jax's default device
+        self._device = jax.devices()[0]
+
+    @property
+    def device(self) -> str:
+        return f"{self._device.platform}:{self._device.id}"
+
+    @property
+    def on_gpu(self) -> bool:
+        return self._device.platform == "gpu"
+
+    @property
+    def measures_memory(self) -> bool:
+        return False
+
+    def peak_bytes(self, fn) -> int | None:
+        return None                                  # XLA's buffers are not seen by tracemalloc
+
+    def _asarray(self, a):
+        return self.jax.device_put(a, self._device)
+
+    def _jitted(self, fn):
+        jitted = self.jax.jit(fn)
+        return lambda *args: self.jax.block_until_ready(jitted(*args))
+
+    def gemm(self, m: int, rng) -> Callable[[], object]:
+        a = rng.standard_normal((m, m), dtype=np.float32)
+        a, b = self._asarray(a), self._asarray(a.T.copy())
+        matmul = self._jitted(lambda p, q: p @ q)
+        return lambda: matmul(a, b)
+
+    def shaped_gemm(self, layer, rng) -> Callable[[], object]:
+        g, ck = layer.groups, layer.c // layer.groups * layer.k ** layer.nd
+        a = self._asarray(rng.standard_normal((g, layer.o // g, ck), dtype=np.float32))
+        b = self._asarray(rng.standard_normal((g, ck, layer.n * math.prod(layer.out_size)), dtype=np.float32))
+        matmul = self._jitted(lambda p, q: p @ q)
+        return lambda: matmul(a, b)
+
+    def case(self, layer, rng, max_workspace_bytes) -> Case:
+        jax = self.jax
+        x, w, b, dy = (self._asarray(a) for a in layer_inputs(layer, rng))
+        geom = layer_geometry(layer)
+
+        def f(x, w, b):
+            return jax_conv(x, w, b, geom.stride, geom.padding, geom.dilation, geom.groups)
+
+        def step(x, w, b, dy):
+            y, vjp = jax.vjp(f, x, w, b)
+            return y, vjp(dy)
+
+        forward = self._jitted(f)
+        backward = self._jitted(lambda vjp, dy: vjp(dy))
+        vjp = jax.vjp(jax.jit(f), x, w, b)[1]
+        step_fn = self._jitted(step)
+        return Case(forward=lambda: forward(x, w, b), backward=lambda: backward(vjp, dy),
+                    step=lambda: step_fn(x, w, b, dy))
+
+
 def make_runner(name: str, torch_device: str = "cpu", algorithm: str = "auto") -> Runner:
     """The runner for backend ``name`` (xpconv's with ``algorithm``); raises (ImportError, RuntimeError, ...) when
     it cannot run here."""
@@ -159,4 +246,6 @@ def make_runner(name: str, torch_device: str = "cpu", algorithm: str = "auto") -
         raise ValueError(f"unknown backend {name!r}; choose from {', '.join(BACKEND_CHOICES)}")
     if name == "torch-ref":
         return TorchRefRunner(get_backend("torch", torch_device))
+    if name == "jax-ref":
+        return JaxRefRunner(get_backend("numpy"))
     return XpconvRunner(get_backend(name, torch_device if name == "torch" else None), algorithm)

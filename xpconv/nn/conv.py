@@ -48,7 +48,7 @@ _LAYER_BODY = """
         If ``in_channels``/``out_channels`` is not a positive int, ``kernel_size`` is invalid,
         {bad_conv_hyper},
         ``groups`` does not divide both channel counts,
-        {bad_backend}, ``algorithm`` is unknown or ``"winograd"`` for a geometry it cannot do.
+        {bad_backend}, ``algorithm`` is unknown or ``"winograd"``/``"direct"`` for a geometry it cannot do.
     TypeError
         If a tuple hyper-parameter holds a non-int, or ``backend`` is neither a name nor a Backend.
 
@@ -80,7 +80,7 @@ class _ConvNd(Module):
         self.stride, self.padding, self.dilation, self.groups = stride, padding, dilation, self.geometry.groups
         self.channels_last = channels_last
         self.max_workspace_bytes = check_max_workspace_bytes(max_workspace_bytes)
-        choose_algorithm(algorithm, self.geometry)                                   # a ValueError now, not later
+        choose_algorithm(algorithm, self.geometry, in_channels)                      # a ValueError now, not later
         self.algorithm = algorithm
         cg = in_channels // groups
         init_weight_and_bias(self, (out_channels, cg, *kernel), cg * math.prod(kernel),

@@ -1,0 +1,88 @@
+"""Checks shared by the tests of each convolution algorithm (im2col, Winograd, direct, ...), through the functional
+API: the float64 loop reference at 1e-10, central finite differences, and the float32 error bound."""
+from __future__ import annotations
+
+import numpy as np
+
+import xpconv
+from conftest import as_numpy
+from reference import conv_backward_reference, conv_reference
+
+# The float32 bound docs/algorithms.md states: max |y32 - y64| <= 4 eps32 * max conv(|x|, |W|), likewise for
+# dL/dx (with |dY|, |W|) and dL/dW (with |dY|, |x|).
+FLOAT32_BOUND = 4 * float(np.finfo(np.float32).eps)
+
+
+def _per_axis(value, nd: int) -> tuple[int, ...]:
+    return (value,) * nd if isinstance(value, int) else tuple(value)
+
+
+def _functions(nd: int):
+    return getattr(xpconv, f"conv{nd}d"), getattr(xpconv, f"conv{nd}d_backward")
+
+
+def check_against_reference(backend, rng, x_shape, w_shape, algorithm, *, stride=1, padding=0, dilation=1, groups=1,
+                            bias=True, max_workspace_bytes=2**28) -> None:
+    """y, dL/dx, dL/dW, dL/db of ``algorithm`` on ``backend`` (float64) equal the loop reference to 1e-10;
+    ``padding`` an int or one int per axis (symmetric)."""
+    nd = len(x_shape) - 2
+    x, w = rng.standard_normal(x_shape), rng.standard_normal(w_shape)
+    b = rng.standard_normal(w_shape[0]) if bias else None
+    hyper = (_per_axis(stride, nd), tuple((p, p) for p in _per_axis(padding, nd)), _per_axis(dilation, nd), groups)
+    y_ref = conv_reference(x, w, b, *hyper)
+    dy = rng.standard_normal(y_ref.shape)
+    dx_ref, dw_ref, db_ref = conv_backward_reference(dy, x, w, *hyper)
+    as_b = lambda a: backend.asarray(a, dtype="float64")  # noqa: E731
+    kw = dict(stride=stride, padding=padding, dilation=dilation, groups=groups, algorithm=algorithm,
+              max_workspace_bytes=max_workspace_bytes)
+    conv, conv_backward = _functions(nd)
+    y = conv(as_b(x), as_b(w), None if b is None else as_b(b), **kw)
+    grads = conv_backward(as_b(dy), as_b(x), as_b(w), **kw)
+    for got, want in zip((y, *grads), (y_ref, dx_ref, dw_ref, db_ref), strict=True):
+        assert type(got) is type(as_b(x))
+        got = as_numpy(got)
+        assert got.shape == want.shape
+        np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-10 * max(1.0, np.abs(want).max()))
+
+
+def check_finite_differences(backend, rng, x_shape, w_shape, algorithm, **hyper) -> None:
+    """dL/dx and dL/dW of L = sum(conv(x, W) * R) by central differences, float64, every entry."""
+    conv, conv_backward = _functions(len(x_shape) - 2)
+    kw = dict(hyper, algorithm=algorithm)
+    x, w = rng.standard_normal(x_shape), rng.standard_normal(w_shape)
+    as_b = lambda a: backend.asarray(a, dtype="float64")  # noqa: E731
+    r = rng.standard_normal(as_numpy(conv(as_b(x), as_b(w), **kw)).shape)
+
+    def loss(xv, wv):
+        return float(np.sum(as_numpy(conv(as_b(xv), as_b(wv), **kw)) * r))
+
+    dx, dw, _ = (as_numpy(g) for g in conv_backward(as_b(r), as_b(x), as_b(w), **kw))
+    eps = 1e-6
+    for arr, grad, slot in ((x, dx, 0), (w, dw, 1)):
+        numeric = np.zeros_like(arr)
+        for idx in np.ndindex(*arr.shape):
+            args = [x.copy(), w.copy()]
+            args[slot][idx] += eps
+            up = loss(*args)
+            args[slot][idx] -= 2 * eps
+            numeric[idx] = (up - loss(*args)) / (2 * eps)
+        np.testing.assert_allclose(grad, numeric, rtol=1e-6, atol=1e-7)
+
+
+def float32_errors(backend, rng, x_shape, w_shape, algorithm, **hyper) -> list[float]:
+    """max |float32 - float64| of y, dL/dx and dL/dW by ``algorithm``, each over the max of the same computation
+    on the absolute values (float64, im2col): the quantity :data:`FLOAT32_BOUND` bounds."""
+    conv, conv_backward = _functions(len(x_shape) - 2)
+    x = rng.standard_normal(x_shape)
+    w = rng.standard_normal(w_shape) / np.sqrt(np.prod(w_shape[1:]))
+    dy = rng.standard_normal(as_numpy(conv(x, w, **hyper)).shape)
+    exact = [conv(x, w, **hyper), *conv_backward(dy, x, w, **hyper)[:2]]
+    scale = [conv(abs(x), abs(w), **hyper), *conv_backward(abs(dy), abs(x), abs(w), **hyper)[:2]]
+    x32, w32, dy32 = (backend.asarray(a, dtype="float32") for a in (x, w, dy))
+    got = [conv(x32, w32, algorithm=algorithm, **hyper),
+           *conv_backward(dy32, x32, w32, algorithm=algorithm, **hyper)[:2]]
+    errors = []
+    for g, e, s in zip(got, exact, scale, strict=True):
+        assert g.dtype == backend.xp.float32
+        errors.append(float(np.abs(as_numpy(g) - e).max() / s.max()))
+    return errors
