@@ -29,7 +29,7 @@ from __future__ import annotations
 import math
 from itertools import product
 
-from array_api_compat import array_namespace, device
+from array_api_compat import device
 
 from ._engine import (
     batch_chunks,
@@ -41,6 +41,7 @@ from ._engine import (
     itemsize,
 )
 from ._geometry import ConvGeometry
+from ._namespace import namespace
 from ._typing import Array
 
 __all__ = ["direct_unsupported", "direct_forward", "direct_backward"]
@@ -64,7 +65,7 @@ def _taps(geom: ConvGeometry, out: tuple[int, ...]) -> list[tuple[slice, ...]]:
 
 def _padded(x: Array, geom: ConvGeometry) -> Array:
     """x (n, C, *spatial) -> (n, C, 1, *padded): x inside zeros (x itself, reshaped, when unpadded)."""
-    xp = array_namespace(x)
+    xp = namespace(x)
     n, c, *spatial = x.shape
     if not geom.is_padded:
         return xp.reshape(x, (n, c, 1, *spatial))
@@ -108,19 +109,19 @@ def _units(what: str, x_shape, w_shape, geom: ConvGeometry, size: int, max_works
 
 def _weight(weight: Array, c: int) -> Array:
     """weight (C * M, 1, *kernel) -> (1, C, M, K): tap ``t`` is ``w[..., t]``, broadcast over (n, C, M)."""
-    xp = array_namespace(weight)
+    xp = namespace(weight)
     return xp.reshape(weight, (1, c, weight.shape[0] // c, math.prod(weight.shape[2:])))
 
 
 def _tap_weight(w: Array, t: int, nd: int) -> Array:
     """(1, C, M, 1, ..., 1): tap ``t``'s weights, broadcast over the output positions."""
-    xp = array_namespace(w)
+    xp = namespace(w)
     return xp.reshape(w[..., t], (*w.shape[:3], *(1,) * nd))
 
 
 def _sum_multiplier(a: Array) -> Array:
     """(n, C, M, *out) -> (n, C, *out), summed over the multiplier (a reshape when M == 1)."""
-    xp = array_namespace(a)
+    xp = namespace(a)
     return xp.reshape(a, (*a.shape[:2], *a.shape[3:])) if a.shape[2] == 1 else xp.sum(a, axis=2)
 
 
@@ -128,7 +129,7 @@ def direct_forward(x: Array, weight: Array, bias: Array | None, geom: ConvGeomet
                    max_workspace_bytes: int | None, cache_chunk_bytes: int | None = None,
                    memory_limit: int | None = None) -> Array:
     """y (N, O, *out) = conv(x, weight) + bias by one multiply-add per kernel tap; depthwise ``geom`` only."""
-    xp = array_namespace(x, weight)
+    xp = namespace(x, weight)
     n, c, *spatial = x.shape
     o, nd = weight.shape[0], geom.nd
     out = geom.output_shape(spatial)
@@ -156,7 +157,7 @@ def direct_backward(grad_output: Array, x: Array, weight: Array, geom: ConvGeome
                     ) -> tuple[Array | None, Array]:
     """(dL/dx or None, dL/dW) of y = conv(x, weight) by the direct algorithm: dL/dx scatter-added through the
     forward's tap slices, dL/dW one product and sum per tap."""
-    xp = array_namespace(grad_output, x, weight)
+    xp = namespace(grad_output, x, weight)
     c, spatial = x.shape[1], x.shape[2:]
     o, nd = weight.shape[0], geom.nd
     out = tuple(grad_output.shape[2:])
