@@ -57,10 +57,12 @@ DOCS = {
             default grows to half the memory the device has free (docs/gpu.md).
         """,
     "algorithm": """
-        algorithm : {"auto", "im2col", "winograd"}, default "auto"
+        algorithm : {"auto", "im2col", "winograd", "fft"}, default "auto"
             How the convolution is computed, like cuDNN's algorithm choice: ``"im2col"`` (any geometry, the
             reference path), ``"winograd"`` (F(2x2, 3x3): 2-D, 3x3, stride 1, dilation 1, any padding and
-            groups; 2.25x fewer multiplications, float32 error within a tested bound) or ``"auto"``, which
+            groups; 2.25x fewer multiplications, float32 error within a tested bound), ``"fft"`` (any
+            geometry, through ``rfftn``/``irfftn``: for large kernels; its float32 error grows with the
+            transform size) or ``"auto"``, which
             is im2col until Winograd measures a clear win (see docs/algorithms.md).  A ValueError names why
             Winograd cannot do a geometry.
         """,
