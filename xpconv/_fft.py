@@ -5,7 +5,7 @@ dilation (the kernel spread with zeros) and stride (the stride-1 result subsampl
 
 Along each spatial axis, with the input size ``n``, padding ``(lo, hi)``, dilated kernel extent
 ``K = d (k - 1) + 1`` and the stride-1 output needed ``L = (out - 1) s + 1``, the transform size is any
-``S >= max(n + lo, L + K - 1 - lo, K, L)``, rounded up to a 5-smooth size (:func:`transform_shape`).
+``S >= max(n + lo, L + K - 1 - lo, K, L)``, rounded up to a 7-smooth size (:func:`transform_shape`).
 x is zero-filled to S at its high end (``rfftn(x, s=S)``) and the kernel spread into S, rolled by ``-lo``:
 ``kk[(t d - lo) mod S] = w[t]``.  Then the circular cross-correlation ``z[j] = sum_m kk[m] x[(j + m) mod S]``
 equals the convolution's stride-1 output at every ``j < L``: each tap reads x where it should and zeros where
@@ -20,12 +20,13 @@ frequencies and the groups, ``(F, G, O/G, C/G) @ (F, G, C/G, m)``.  The kernel's
 per call; the batch is processed in chunks of ``m`` samples.
 
 Workspace, in real elements (a complex one counts 2; ``Sp = prod(S)``, ``Fp = prod(S[:-1]) (S[-1] // 2 + 1)``):
-``fixed = O (C/G) (Sp + 8 Fp)`` for the kernel (its spread copy, transform and the GEMM's layout; dL/dW's
-accumulator and its last product the same) plus ``m (C + O) (Sp + 8 Fp)`` for a chunk of m samples (a
-transform, its GEMM layout and the product on each side, the inverse transform).  A chunk stays under
-``max_workspace_bytes`` (and ``cache_chunk_bytes``) with the fixed part; when the fixed part and one sample do
-not fit, that is a ValueError (FFT does not split a sample), as for Winograd.  Rounding: the float32 error grows
-with log(S) and with the whole signal's magnitude (docs/algorithms.md states the bound the tests hold).
+``fixed = O (C/G) (2 Sp + 8 Fp)`` for the kernel (its spread and rolled copies, its transform and conjugate;
+dL/dW's accumulator and its last product) plus ``m (4 (C + O) Fp + max(C, O) Sp)`` for a chunk of m samples (a
+transform and its GEMM layout on one side, the product and its layout on the other, the inverse transform).
+A chunk stays under ``max_workspace_bytes`` (and ``cache_chunk_bytes``) with the fixed part; when the fixed part
+and one sample do not fit, that is a ValueError (FFT does not split a sample), as for Winograd.  Rounding: the
+float32 error grows with log(S) and with the whole signal's magnitude (docs/algorithms.md states the bound the
+tests hold).
 """
 from __future__ import annotations
 
@@ -41,19 +42,15 @@ __all__ = ["transform_shape", "workspace_elements", "fft_forward", "fft_backward
 
 
 def _smooth(n: int) -> int:
-    """The smallest 2^a 3^b 5^c >= n: sizes the FFT libraries transform fastest."""
-    best = 2 ** max(n - 1, 0).bit_length()
-    p5 = 1
-    while p5 < best:
-        p35 = p5
-        while p35 < best:
-            p = p35
-            while p < n:
-                p *= 2
-            best = min(best, p)
-            p35 *= 3
-        p5 *= 5
-    return best
+    """The smallest 2^a 3^b 5^c 7^d >= n: sizes the FFT libraries (pocketfft, cuFFT) transform fastest."""
+    while True:
+        rest = n
+        for p in (2, 3, 5, 7):
+            while rest % p == 0:
+                rest //= p
+        if rest == 1:
+            return n
+        n += 1
 
 
 def transform_shape(geom: ConvGeometry, spatial) -> tuple[int, ...]:
@@ -70,7 +67,7 @@ def workspace_elements(c: int, o: int, groups: int, size: tuple[int, ...]) -> tu
     """(fixed, per sample) workspace in real elements for transform size ``size`` (module docstring)."""
     sp = math.prod(size)
     fp = sp // size[-1] * (size[-1] // 2 + 1)
-    return o * (c // groups) * (sp + 8 * fp), (c + o) * (sp + 8 * fp)
+    return o * (c // groups) * (2 * sp + 8 * fp), 4 * (c + o) * fp + max(c, o) * sp
 
 
 def _chunks(what: str, x_shape, w_shape, groups: int, size, item: int, max_workspace_bytes, cache_chunk_bytes,
@@ -103,7 +100,7 @@ def _to_gemm(a: Array, groups: int) -> Array:
 def _from_gemm(a: Array, freq: tuple[int, ...]) -> Array:
     """The GEMM's (F, G, C/G, m) -> (m, C, *F)."""
     xp = array_namespace(a)
-    f, g, cg, m = a.shape
+    _, g, cg, m = a.shape
     return xp.reshape(xp.permute_dims(a, (3, 1, 2, 0)), (m, g * cg, *freq))
 
 
@@ -137,7 +134,7 @@ def fft_forward(x: Array, weight: Array, bias: Array | None, geom: ConvGeometry,
                 memory_limit: int | None = None) -> Array:
     """y (N, O, *out) = conv(x, weight) + bias by FFT, for x (N, C, *spatial) and weight (O, C/G, *kernel)."""
     xp = array_namespace(x, weight)
-    n, c, *spatial = x.shape
+    n, _, *spatial = x.shape
     o, groups, axes = weight.shape[0], geom.groups, _axes(geom.nd)
     out = geom.output_shape(spatial)
     size = transform_shape(geom, spatial)
@@ -163,7 +160,7 @@ def fft_backward(grad_output: Array, x: Array, weight: Array, geom: ConvGeometry
                  memory_limit: int | None = None) -> tuple[Array | None, Array]:
     """(dL/dx or None, dL/dW) of y = conv(x, weight) by FFT: each chunk's transforms of x and dY serve both."""
     xp = array_namespace(grad_output, x, weight)
-    n, c, *spatial = x.shape
+    spatial = tuple(x.shape[2:])
     o, groups, axes = weight.shape[0], geom.groups, _axes(geom.nd)
     size = transform_shape(geom, spatial)
     chunks = _chunks("backward", tuple(x.shape), tuple(weight.shape), groups, size, itemsize(x),
@@ -192,9 +189,9 @@ def fft_backward(grad_output: Array, x: Array, weight: Array, geom: ConvGeometry
             grad_input[sl, ...] = xp.fft.irfftn(dxf, s=size, axes=axes)[(slice(None), slice(None), *inside)]
             dxf = None
         dyf = None
-    assert dkk is not None
-    f, g, og, cg = dkk.shape
-    spread = xp.fft.irfftn(xp.reshape(xp.permute_dims(dkk, (1, 2, 3, 0)), (o, cg, *freq)), s=size, axes=axes)
+    assert dkk is not None                                                        # chunks is not empty
+    spread = xp.fft.irfftn(xp.reshape(xp.permute_dims(dkk, (1, 2, 3, 0)), (o, dkk.shape[3], *freq)), s=size,
+                           axes=axes)
     spread = xp.roll(spread, tuple(lo for lo, _ in geom.padding), axis=axes)
     taps = tuple(slice(0, d * (k - 1) + 1, d) for k, d in zip(geom.kernel, geom.dilation, strict=True))
     return grad_input, spread[(slice(None), slice(None), *taps)]
