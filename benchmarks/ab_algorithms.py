@@ -32,6 +32,9 @@ def main(argv=None) -> int:
     parser.add_argument("--layers", default=None, help="as xpconv bench --layers (default: 2-D 3x3 stride-1 ones)")
     parser.add_argument("--statistic", choices=("median", "min"), default="median",
                         help="over the rounds; min discards the time other processes took on a loaded machine")
+    parser.add_argument("--clock", choices=("wall", "cpu"), default="wall",
+                        help="cpu: this process's CPU time (all its threads), which waiting for a loaded CPU does not "
+                             "count; with --threads 1 it is the work done")
     args = parser.parse_args(argv)
     algorithms = args.algorithms.split(",")
     layers = (select_layers(args.layers) if args.layers else
@@ -55,14 +58,15 @@ def main(argv=None) -> int:
             except ValueError as exc:                    # e.g. FFT's kernel transform over the workspace cap
                 print(f"| {layer.name} | {layer.spec()} | skipped: {exc} |", flush=True)
                 continue
+            clock = time.perf_counter if args.clock == "wall" else time.process_time
             times: dict[tuple[str, str], list[float]] = {}
             for r in range(args.rounds + 1):
                 for a, conv in convs.items():
-                    start = time.perf_counter()
+                    start = clock()
                     conv(x)
-                    mid = time.perf_counter()
+                    mid = clock()
                     conv.backward(dy)
-                    end = time.perf_counter()
+                    end = clock()
                     if r:
                         times.setdefault((a, "fwd"), []).append(mid - start)
                         times.setdefault((a, "step"), []).append(end - start)

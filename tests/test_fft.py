@@ -15,6 +15,7 @@ from algorithm_check import check_against_reference, check_gradients_by_differen
 from conftest import as_numpy
 from xpconv import nn
 from xpconv._geometry import make_geometry
+from xpconv.bench.suite import select_layers
 
 EPS32 = float(np.finfo(np.float32).eps)
 
@@ -172,3 +173,24 @@ def test_transform_sizes_are_smooth_and_no_smaller_than_needed():
     assert [fft._smooth(n) for n in (1, 11, 13, 17, 97, 121)] == [1, 12, 14, 18, 98, 125]
     geom = make_geometry((5, 5), 1, 2, 1, 1)
     assert fft.transform_shape(geom, (32, 32)) == (35, 35)          # 32 + 2 padded low -> 34 -> 35 = 5 * 7
+
+
+# forward+backward time fft / im2col, measured as docs/algorithms.md says (CPU time, 1 thread, min of 3 rounds)
+MEASURED = [("8,32,64x64,32,5,1,2", 2.41), ("32,32,32x32,32,5,1,2", 1.00), ("32,64,32x32,64,5,1,2", 1.51),
+            ("32,8,32x32,8,5,1,2", 0.88), ("32,32,32x32,32,7,1,3", 0.56), ("16,64,16x16,64,5,1,2", 1.39),
+            ("32,64,512,64,5,1,2", 3.01), ("32,64,2048,64,9,1,4", 3.17), ("32,64,2048,64,31,1,15", 1.06),
+            ("32,16,4096,16,15,1,7", 1.29), ("32,64,32x32,64,3,1,1", 3.64), ("8,16,16x16x16,16,5,1,2", 0.36)]
+
+
+@pytest.mark.parametrize("spec, ratio", MEASURED)
+def test_the_rule_prefers_fft_where_it_measured_clearly_faster(spec, ratio):
+    """fft_preferred says yes exactly where FFT took at most 0.75 of im2col's time, on the measured layers."""
+    layer = select_layers(spec)[0]
+    geom = make_geometry((layer.k,) * layer.nd, layer.stride, layer.pad, 1, layer.groups)
+    assert fft.fft_preferred(geom, layer.x_shape) == (ratio <= 0.75)
+
+
+def test_the_rule_never_prefers_a_strided_or_many_channel_convolution():
+    assert not fft.fft_preferred(make_geometry((7, 7), 2, 3, 1, 1), (8, 16, 32, 32))     # stride 2: stride-1 work
+    assert not fft.fft_preferred(make_geometry((7, 7), 1, 3, 1, 1), (8, 64, 32, 32))     # 64 channels per group
+    assert fft.fft_preferred(make_geometry((7, 7), 1, 3, 1, 2), (8, 64, 32, 32))         # 32 per group

@@ -71,7 +71,7 @@ def workspace_elements(c: int, o: int, groups: int, size: tuple[int, ...]) -> tu
 
 
 # The GEMM's columns are the chunk's samples: a cache-sized chunk holds one or two samples of a 64x64 image, and its
-# products become matrix-vector ones.  Chunks 4 times the engine's measured 1.5-2x faster (docs/algorithms.md).
+# products become matrix-vector ones.  Chunks 4 times the engine's measured 1.1-2x faster (docs/algorithms.md).
 CHUNK_FACTOR = 4
 
 
@@ -205,5 +205,8 @@ def fft_backward(grad_output: Array, x: Array, weight: Array, geom: ConvGeometry
 
 
 def fft_preferred(geom: ConvGeometry, x_shape) -> bool:
-    """Whether FFT measured faster than im2col for a convolution like this one (docs/algorithms.md)."""
-    raise NotImplementedError
+    """Whether FFT measured clearly faster than im2col (forward + backward, NumPy, docs/algorithms.md) for a
+    convolution of geometry ``geom`` on x (N, C, *spatial): stride 1, 2-D or 3-D, a kernel of at least 49 taps
+    (7x7, 5x5x5) and at most 32 input channels per group.  ``auto`` does not use it yet."""
+    return (all(s == 1 for s in geom.stride) and geom.nd >= 2 and math.prod(geom.kernel) >= 49
+            and x_shape[1] // geom.groups <= 32)
