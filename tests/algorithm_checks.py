@@ -1,20 +1,31 @@
-"""Checks shared by the tests of each convolution algorithm (im2col, Winograd, direct, ...), through the functional
-API: the float64 loop reference at 1e-10, central finite differences, and the float32 error bound."""
+"""Checks shared by the tests of each convolution algorithm (im2col, Winograd, direct, FFT, ...), through the
+functional API: the float64 loop reference at 1e-10, central finite differences, the float32 error against
+float64, and the workspace's peak measured by tracemalloc on NumPy."""
 from __future__ import annotations
+
+import tracemalloc
 
 import numpy as np
 
 import xpconv
 from conftest import as_numpy
-from reference import conv_backward_reference, conv_reference
+from layer_check import numeric_grad
+from reference import conv_backward_reference, conv_reference, same_pads
 
-# The float32 bound docs/algorithms.md states: max |y32 - y64| <= 4 eps32 * max conv(|x|, |W|), likewise for
-# dL/dx (with |dY|, |W|) and dL/dW (with |dY|, |x|).
+# The float32 bound docs/algorithms.md states for im2col, Winograd F(2x2) and auto:
+# max |y32 - y64| <= 4 eps32 * max conv(|x|, |W|), likewise for dL/dx (with |dY|, |W|) and dL/dW (with |dY|, |x|).
 FLOAT32_BOUND = 4 * float(np.finfo(np.float32).eps)
 
 
 def _per_axis(value, nd: int) -> tuple[int, ...]:
     return (value,) * nd if isinstance(value, int) else tuple(value)
+
+
+def _pads(padding, kernel, dilation):
+    """(lo, hi) pairs for an int, per-axis or "same" padding."""
+    if padding == "same":
+        return tuple(same_pads(kernel, dilation))
+    return tuple((p, p) for p in _per_axis(padding, len(kernel)))
 
 
 def _functions(nd: int):
@@ -24,11 +35,12 @@ def _functions(nd: int):
 def check_against_reference(backend, rng, x_shape, w_shape, algorithm, *, stride=1, padding=0, dilation=1, groups=1,
                             bias=True, max_workspace_bytes=2**28) -> None:
     """y, dL/dx, dL/dW, dL/db of ``algorithm`` on ``backend`` (float64) equal the loop reference to 1e-10;
-    ``padding`` an int or one int per axis (symmetric)."""
+    ``padding`` an int, one int per axis (symmetric) or "same"."""
     nd = len(x_shape) - 2
     x, w = rng.standard_normal(x_shape), rng.standard_normal(w_shape)
     b = rng.standard_normal(w_shape[0]) if bias else None
-    hyper = (_per_axis(stride, nd), tuple((p, p) for p in _per_axis(padding, nd)), _per_axis(dilation, nd), groups)
+    hyper = (_per_axis(stride, nd), _pads(padding, w_shape[2:], _per_axis(dilation, nd)), _per_axis(dilation, nd),
+             groups)
     y_ref = conv_reference(x, w, b, *hyper)
     dy = rng.standard_normal(y_ref.shape)
     dx_ref, dw_ref, db_ref = conv_backward_reference(dy, x, w, *hyper)
@@ -46,32 +58,23 @@ def check_against_reference(backend, rng, x_shape, w_shape, algorithm, *, stride
 
 
 def check_finite_differences(backend, rng, x_shape, w_shape, algorithm, **hyper) -> None:
-    """dL/dx and dL/dW of L = sum(conv(x, W) * R) by central differences, float64, every entry."""
+    """dL/dx and dL/dW of L = sum(conv(x, W) * R) against central differences, float64, every entry."""
     conv, conv_backward = _functions(len(x_shape) - 2)
     kw = dict(hyper, algorithm=algorithm)
     x, w = rng.standard_normal(x_shape), rng.standard_normal(w_shape)
     as_b = lambda a: backend.asarray(a, dtype="float64")  # noqa: E731
     r = rng.standard_normal(as_numpy(conv(as_b(x), as_b(w), **kw)).shape)
-
-    def loss(xv, wv):
-        return float(np.sum(as_numpy(conv(as_b(xv), as_b(wv), **kw)) * r))
-
     dx, dw, _ = (as_numpy(g) for g in conv_backward(as_b(r), as_b(x), as_b(w), **kw))
-    eps = 1e-6
-    for arr, grad, slot in ((x, dx, 0), (w, dw, 1)):
-        numeric = np.zeros_like(arr)
-        for idx in np.ndindex(*arr.shape):
-            args = [x.copy(), w.copy()]
-            args[slot][idx] += eps
-            up = loss(*args)
-            args[slot][idx] -= 2 * eps
-            numeric[idx] = (up - loss(*args)) / (2 * eps)
-        np.testing.assert_allclose(grad, numeric, rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(dx, numeric_grad(lambda a: float(np.sum(as_numpy(conv(as_b(a), as_b(w), **kw)) * r)),
+                                                x), rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(dw, numeric_grad(lambda a: float(np.sum(as_numpy(conv(as_b(x), as_b(a), **kw)) * r)),
+                                                w), rtol=1e-6, atol=1e-7)
 
 
 def float32_errors(backend, rng, x_shape, w_shape, algorithm, **hyper) -> list[float]:
     """max |float32 - float64| of y, dL/dx and dL/dW by ``algorithm``, each over the max of the same computation
-    on the absolute values (float64, im2col): the quantity :data:`FLOAT32_BOUND` bounds."""
+    on the absolute values (float64, im2col): the quantity each algorithm's float32 bound bounds.  x and dY are
+    standard normal, W scaled by 1 / sqrt(its fan-in)."""
     conv, conv_backward = _functions(len(x_shape) - 2)
     x = rng.standard_normal(x_shape)
     w = rng.standard_normal(w_shape) / np.sqrt(np.prod(w_shape[1:]))
@@ -86,3 +89,18 @@ def float32_errors(backend, rng, x_shape, w_shape, algorithm, **hyper) -> list[f
         assert g.dtype == backend.xp.float32
         errors.append(float(np.abs(as_numpy(g) - e).max() / s.max()))
     return errors
+
+
+def workspace_peaks(x, w, dy, **kw):
+    """NumPy, tracemalloc: the peak bytes of forward and of backward beyond their results (after a warm-up call)."""
+    conv, conv_backward = _functions(x.ndim - 2)
+    conv(x[:1], w, **kw)                                                  # imports and caches first
+    tracemalloc.start()
+    y = conv(x, w, **kw)
+    forward_peak = tracemalloc.get_traced_memory()[1] - y.nbytes
+    tracemalloc.stop()
+    tracemalloc.start()
+    dx, dw, db = conv_backward(dy, x, w, **kw)
+    backward_peak = tracemalloc.get_traced_memory()[1] - dx.nbytes - dw.nbytes - db.nbytes
+    tracemalloc.stop()
+    return forward_peak, backward_peak

@@ -109,15 +109,15 @@ def test_suite_has_the_reference_2d_layers_a_depthwise_one_and_1d_and_3d_ones():
 def test_bench_runs_each_algorithm_side_by_side_and_says_what_auto_chose(tmp_path, capsys):
     out = tmp_path / "bench.json"
     stride2 = "3,4,9,4,3,2,0,2"
-    assert main(["bench", "--backends", "numpy", "--algorithms", "im2col,winograd,auto", "--layers",
+    assert main(["bench", "--backends", "numpy", "--algorithms", "im2col,winograd,fft,auto", "--layers",
                  f"{TINY};{stride2}", "--repeats", "1", "--warmup", "0", "--json", str(out), "--no-progress"]) == 0
     data = json.loads(out.read_text())
     # winograd cannot compute the stride-2 layer: no row for it there
     assert sorted((r["backend"], r["layer"]) for r in data["results"]) == sorted(
-        [("numpy:im2col", TINY), ("numpy:winograd", TINY), ("numpy", TINY), ("numpy:im2col", stride2),
-         ("numpy", stride2)])
+        [("numpy:im2col", TINY), ("numpy:winograd", TINY), ("numpy:fft", TINY), ("numpy", TINY),
+         ("numpy:im2col", stride2), ("numpy:fft", stride2), ("numpy", stride2)])
     assert data["auto_chose"] == {TINY: "im2col", stride2: "im2col"}
-    assert data["config"]["algorithms"] == ["im2col", "winograd", "auto"]
+    assert data["config"]["algorithms"] == ["im2col", "winograd", "fft", "auto"]
     assert f"auto chose: {TINY} im2col, {stride2} im2col" in capsys.readouterr().out
     with pytest.raises(SystemExit):
-        main(["bench", "--algorithms", "fft"])
+        main(["bench", "--algorithms", "fast"])

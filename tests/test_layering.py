@@ -11,8 +11,8 @@ PACKAGE = Path(__file__).resolve().parent.parent / "xpconv"
 SOURCES = sorted(PACKAGE.rglob("*.py"))
 LIBRARIES = ("numpy", "cupy", "torch", "array_api_strict")
 # Which internal modules each part may import (the op layer is the door to the engine).
-ENGINE = {"xpconv._engine", "xpconv._columns", "xpconv._winograd", "xpconv._direct"}
-MAY_IMPORT_ENGINE = {"xpconv._ops", "xpconv._engine", "xpconv._columns", "xpconv._winograd", "xpconv._direct"}
+ENGINE = {"xpconv._engine", "xpconv._columns", "xpconv._winograd", "xpconv._direct", "xpconv._fft"}
+MAY_IMPORT_ENGINE = {"xpconv._ops", *ENGINE}
 
 
 def _module_name(path: Path) -> str:

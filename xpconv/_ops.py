@@ -33,6 +33,7 @@ from ._engine import (
     conv_backward_data,
     conv_forward,
 )
+from ._fft import fft_backward, fft_forward
 from ._geometry import ConvGeometry, make_geometry
 from ._namespace import namespace
 from ._typing import Array
@@ -46,7 +47,7 @@ __all__ = ["ALGORITHMS", "ConvContext", "choose_algorithm", "namespace_of", "Con
            "check_max_workspace_bytes", "max_memory_fraction", "memory_limit", "engine_policy"]
 
 SUPPORTED_DTYPES = ("float32", "float64")
-ALGORITHMS = ("auto", "im2col", "winograd", "direct")
+ALGORITHMS = ("auto", "im2col", "winograd", "direct", "fft")
 DEFAULT_MAX_MEMORY_FRACTION = 0.9
 _FRACTION_VARIABLE = "XPCONV_MAX_MEMORY_FRACTION"
 
@@ -88,7 +89,7 @@ def engine_policy(backend: Backend, max_workspace_bytes: int | None) -> dict[str
 
 
 def _winograd_policy(policy: dict[str, Any]) -> dict[str, Any]:
-    """The part of :func:`engine_policy` Winograd and the direct algorithm take (no column or GEMM choices)."""
+    """The part of :func:`engine_policy` Winograd, FFT and the direct algorithm take (no column or GEMM choices)."""
     return {k: policy[k] for k in ("max_workspace_bytes", "cache_chunk_bytes", "memory_limit")}
 
 
@@ -96,10 +97,11 @@ def choose_algorithm(algorithm: object, geom: ConvGeometry, channels: int | None
     """The algorithm that computes a convolution of geometry ``geom`` (``channels`` input channels, where
     known) when ``algorithm`` is asked for.
 
-    ``"im2col"`` (any geometry), ``"winograd"`` (F(2x2, 3x3): 2-D 3x3 stride-1 dilation-1 kernels) and
-    ``"direct"`` (depthwise: one input channel per group) are taken as asked; ValueError when the algorithm
-    cannot do ``geom``, naming why, or for an unknown name.  ``"auto"`` is im2col: Winograd measured no clear
-    win on the suite's layers (docs/algorithms.md).
+    ``"im2col"`` (any geometry), ``"winograd"`` (F(2x2, 3x3): 2-D 3x3 stride-1 dilation-1 kernels),
+    ``"direct"`` (depthwise: one input channel per group) and ``"fft"`` (any geometry: stride and dilation cost it
+    the work of stride 1 and of the spread kernel) are taken as asked; ValueError when the algorithm cannot do
+    ``geom``, naming why, or for an unknown name.  ``"auto"`` is im2col: Winograd measured no clear win on the
+    suite's layers (docs/algorithms.md).
     """
     if algorithm not in ALGORITHMS:
         raise ValueError(f"algorithm must be one of {', '.join(map(repr, ALGORITHMS))}, got {algorithm!r}")
@@ -272,6 +274,8 @@ def conv(x: Array, weight: Array, bias: Array | None, geom: ConvGeometry | ConvS
             y = winograd_forward(ctx.x, ctx.weight, bias, ctx.geom, **_winograd_policy(policy))
         elif ctx.algorithm == "direct":
             y = direct_forward(ctx.x, ctx.weight, bias, ctx.geom, **_winograd_policy(policy))
+        elif ctx.algorithm == "fft":
+            y = fft_forward(ctx.x, ctx.weight, bias, ctx.geom, **_winograd_policy(policy))
         else:
             y, ctx.cols = conv_forward(ctx.x, ctx.weight, bias, ctx.geom, keep_cols=keep_cols, **policy)
         return _finish(ctx.xp, y, ctx.batched, channels_last), ctx
@@ -299,6 +303,9 @@ def conv_grads(ctx: ConvContext, grad_output: Array, *, max_workspace_bytes: int
         elif ctx.algorithm == "direct":
             grad_x, grad_w = direct_backward(dy, ctx.x, ctx.weight, ctx.geom, need_input_grad=need_input_grad,
                                              **_winograd_policy(policy))
+        elif ctx.algorithm == "fft":
+            grad_x, grad_w = fft_backward(dy, ctx.x, ctx.weight, ctx.geom, need_input_grad=need_input_grad,
+                                          **_winograd_policy(policy))
         else:
             grad_x, grad_w = conv_backward(dy, ctx.x, ctx.weight, ctx.geom, cols=ctx.cols,
                                            need_input_grad=need_input_grad, **policy)

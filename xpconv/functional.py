@@ -79,8 +79,8 @@ _CONV_BODY = """
         ``groups`` does not divide ``C`` or ``O``; ``C`` differs from ``weight``'s ``C // groups`` times
         ``groups``; the dilated kernel is larger than the padded input; ``bias`` is not ``(O,)``;
         ``max_workspace_bytes`` is not a positive int or None, or is smaller than one output row's workspace
-        (with Winograd: one sample's); ``algorithm`` is unknown, or ``"winograd"``/``"direct"`` for a geometry
-        it cannot do.
+        (with Winograd, FFT or the direct algorithm: one sample's); ``algorithm`` is unknown, or
+        ``"winograd"``/``"direct"`` for a geometry it cannot do.
     MemoryError
         If the workspace would exceed ``$XPCONV_MAX_MEMORY_FRACTION`` (default 0.9) of the device's free memory.
 
@@ -109,7 +109,7 @@ _BACKWARD_BODY = """
         The forward call's hyper-parameters, with the meanings given in :func:`conv{nd}d`.
     max_workspace_bytes : int or None, default 256 MiB
         Bound on the workspace, as in :func:`conv{nd}d`.
-    algorithm : {"auto", "im2col", "winograd", "direct"}, default "auto"
+    algorithm : {"auto", "im2col", "winograd", "direct", "fft"}, default "auto"
         The algorithm, as in :func:`conv{nd}d`.
 
     Returns

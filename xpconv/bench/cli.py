@@ -44,10 +44,10 @@ def register(subparsers) -> None:
                         "1 with --threads 1, else all CPUs; docs/benchmarks.md). Unavailable ones are skipped with a "
                         "note (default: numpy,torch,torch-ref)")
     p.add_argument("--algorithms", type=_algorithms, default=["auto"],
-                   help="comma-separated from auto,im2col,winograd,direct: each xpconv backend runs each algorithm "
-                        "side by side, as a row named backend:algorithm (auto: the backend's name); an algorithm is "
-                        "skipped on layers it cannot compute (winograd: 2-D 3x3 stride 1; direct: depthwise). Prints "
-                        "what auto chose per layer (default: auto)")
+                   help="comma-separated from auto,im2col,winograd,direct,fft: each xpconv backend runs each "
+                        "algorithm side by side, as a row named backend:algorithm (auto: the backend's name); an "
+                        "algorithm is skipped on layers it cannot compute (winograd: 2-D 3x3 stride 1; direct: "
+                        "depthwise). Prints what auto chose per layer (default: auto)")
     p.add_argument("--layers", default="all",
                    help=f"all, quick ({','.join(QUICK)}), comma-separated names "
                         f"({', '.join(layer.name for layer in SUITE)}), or custom layers 'N,C,S,O,k,stride,pad"
