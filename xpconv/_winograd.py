@@ -89,12 +89,15 @@ def toom_cook(m: int, points, r: int = 3) -> Transform:
     if len(p) != a - 1 or len(set(p)) != len(p):
         raise ValueError(f"F({m}, {r}) needs {a - 1} distinct finite points, got {points}")
     norms = [_prod(pj - pl for pl in p if pl != pj) for pj in p]
-    at = [[pj ** i for pj in p] + [Fraction(i == m - 1)] for i in range(m)]
-    g = [[pj ** k / nj for k in range(r)] for pj, nj in zip(p, norms, strict=True)] + [[Fraction(k == r - 1)
-                                                                                         for k in range(r)]]
-    bt = [_roots_poly([pl for pl in p if pl != pj]) + [Fraction(0)] for pj in p] + [_roots_poly(p)]
-    as_floats = lambda rows: tuple(tuple(float(v) for v in row) for row in rows)  # noqa: E731
-    return Transform(m, as_floats(at), as_floats(g), as_floats(bt))
+    at = [[*(pj ** i for pj in p), Fraction(i == m - 1)] for i in range(m)]
+    g = [*([pj ** k / nj for k in range(r)] for pj, nj in zip(p, norms, strict=True)),
+         [Fraction(k == r - 1) for k in range(r)]]
+    bt = [*([*_roots_poly([pl for pl in p if pl != pj]), Fraction(0)] for pj in p), _roots_poly(p)]
+    return Transform(m, _floats(at), _floats(g), _floats(bt))
+
+
+def _floats(rows) -> Matrix:
+    return tuple(tuple(float(v) for v in row) for row in rows)
 
 
 def _prod(values) -> Fraction:

@@ -8,7 +8,7 @@ device come from the inputs, and so do those of every result.
 from __future__ import annotations
 
 from ._docstrings import CONV_ND, fill_doc
-from ._ops import DEFAULT_MAX_WORKSPACE_BYTES, ConvSpec, choose_algorithm, conv, conv_grads, prepare
+from ._ops import DEFAULT_MAX_WORKSPACE_BYTES, ConvSpec, conv, conv_grads, prepare, select_algorithm
 
 __all__ = [
     "conv1d", "conv2d", "conv3d",
@@ -26,7 +26,7 @@ def _conv_backward(nd, grad_output, x, weight, stride, padding, dilation, groups
                    max_workspace_bytes, algorithm):
     spec = ConvSpec(nd, stride, padding, dilation, groups)
     ctx = prepare(x, weight, None, spec, channels_last=channels_last, grad_output=grad_output)
-    ctx.algorithm = choose_algorithm(algorithm, ctx.geom)
+    ctx.algorithm = select_algorithm(algorithm, ctx, None, max_workspace_bytes)
     return conv_grads(ctx, grad_output, max_workspace_bytes=max_workspace_bytes)
 
 
