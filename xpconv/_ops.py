@@ -229,7 +229,7 @@ def select_algorithm(algorithm: object, ctx: ConvContext, bias: Array | None,
     if algorithm != "auto" or not autotune_enabled():
         return chosen
     key = (ctx.backend.name, str(ctx.backend.device), str(ctx.x.dtype), tuple(ctx.x.shape), tuple(ctx.weight.shape),
-           ctx.geom, bias is not None, max_workspace_bytes)
+           ctx.geom, max_workspace_bytes)
     policy = engine_policy(ctx.backend, max_workspace_bytes)
 
     def step(name: str) -> None:                                        # forward + backward on a copy of ctx

@@ -1,6 +1,6 @@
 """Auto-tuning of ``algorithm="auto"``, like ``torch.backends.cudnn.benchmark``: opt-in, per process.
 
-With it on, the first convolution of each (library, device, dtype, shapes, geometry, bias, workspace cap) key
+With it on, the first convolution of each (library, device, dtype, shapes, geometry, workspace cap) key
 times forward+backward of every candidate algorithm (those that can compute the geometry and whose documented
 float32 bound is no looser than auto's, docs/algorithms.md) and caches the fastest; later calls with the same key
 use it without timing.  Off (the default), ``"auto"`` picks by a fixed rule.
@@ -60,8 +60,8 @@ def autotune(enabled: bool = True) -> Iterator[None]:
 
 
 def autotune_choices() -> dict[Hashable, str]:
-    """A copy of the cache: key (library, device, dtype, x shape, weight shape, geometry, has bias, workspace cap)
-    -> the algorithm chosen for it."""
+    """A copy of the cache: key (library, device, dtype, x shape, weight shape (both batched, channels-first),
+    geometry, workspace cap) -> the algorithm chosen for it."""
     return dict(_cache)
 
 
