@@ -57,12 +57,14 @@ DOCS = {
             default grows to half the memory the device has free (docs/gpu.md).
         """,
     "algorithm": """
-        algorithm : {"auto", "im2col", "winograd"}, default "auto"
+        algorithm : {"auto", "im2col", "winograd", "winograd4x4"}, default "auto"
             How the convolution is computed, like cuDNN's algorithm choice: ``"im2col"`` (any geometry, the
             reference path), ``"winograd"`` (F(2x2, 3x3): 2-D, 3x3, stride 1, dilation 1, any padding and
-            groups; 2.25x fewer multiplications, float32 error within a tested bound) or ``"auto"``, which
-            is im2col until Winograd measures a clear win (see docs/algorithms.md).  A ValueError names why
-            Winograd cannot do a geometry.
+            groups; 2.25x fewer multiplications, float32 error within 4 eps32 of the scale, as im2col),
+            ``"winograd4x4"`` (F(4x4, 3x3), the same geometries: 4x fewer multiplications, float32 error within
+            32 eps32) or ``"auto"``: im2col, or with :func:`xpconv.set_autotune` the fastest of im2col and
+            winograd timed once per shape (see docs/algorithms.md).  A ValueError names why Winograd cannot do
+            a geometry.
         """,
     # -- the convolution's hyper-parameters (xpconv.conv*d and nn.Conv*d) --
     "conv_hyper": """

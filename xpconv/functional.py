@@ -79,7 +79,7 @@ _CONV_BODY = """
         ``groups`` does not divide ``C`` or ``O``; ``C`` differs from ``weight``'s ``C // groups`` times
         ``groups``; the dilated kernel is larger than the padded input; ``bias`` is not ``(O,)``;
         ``max_workspace_bytes`` is not a positive int or None, or is smaller than one output row's workspace
-        (with Winograd: one sample's); ``algorithm`` is unknown, or ``"winograd"`` for a geometry it cannot do.
+        (with Winograd: one sample's); ``algorithm`` is unknown, or a Winograd one for a geometry it cannot do.
     MemoryError
         If the workspace would exceed ``$XPCONV_MAX_MEMORY_FRACTION`` (default 0.9) of the device's free memory.
 
@@ -108,7 +108,7 @@ _BACKWARD_BODY = """
         The forward call's hyper-parameters, with the meanings given in :func:`conv{nd}d`.
     max_workspace_bytes : int or None, default 256 MiB
         Bound on the workspace, as in :func:`conv{nd}d`.
-    algorithm : {"auto", "im2col", "winograd"}, default "auto"
+    algorithm : {"auto", "im2col", "winograd", "winograd4x4"}, default "auto"
         The algorithm, as in :func:`conv{nd}d`.
 
     Returns

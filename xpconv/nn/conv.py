@@ -48,7 +48,7 @@ _LAYER_BODY = """
         If ``in_channels``/``out_channels`` is not a positive int, ``kernel_size`` is invalid,
         {bad_conv_hyper},
         ``groups`` does not divide both channel counts,
-        {bad_backend}, ``algorithm`` is unknown or ``"winograd"`` for a geometry it cannot do.
+        {bad_backend}, ``algorithm`` is unknown or a Winograd one for a geometry it cannot do.
     TypeError
         If a tuple hyper-parameter holds a non-int, or ``backend`` is neither a name nor a Backend.
 
