@@ -4,7 +4,7 @@ Pure Array API: the namespace comes from the arguments.  The output is cut into 
 a x a tile of the padded input, a = m + 2 (tiles overlap by 2).  With the transforms of one
 :class:`Transform`
 
-    V = Bᵀ d B   (input tile d, a x a)      U = G g Gᵀ   (kernel g, 3x3 -> a x a)      y = Aᵀ M A   (M a x a -> m x m)
+    V = Bᵀ d B  (input tile d, a x a)     U = G g Gᵀ  (kernel g, 3x3 -> a x a)     y = Aᵀ M A  (M a x a -> m x m)
 
 the convolution is ``M[ξ, ν] = sum_c U[ξ, ν, o, c] V[ξ, ν, c, tile]``: one batched GEMM over the a² tile
 positions, ``(a², G, O/G, C/G) @ (a², G, C/G, tiles)``, with the batch inside the tiles (one GEMM per chunk, as
@@ -17,11 +17,12 @@ Shapes::
     xpad    (C, n, m*th + 2, m*tw + 2)   a chunk of n samples, padded, th = ceil(Ho / m), tw = ceil(Wo / m)
     V       (a, a, C, n, th, tw)  U  (a, a, O, C // G)          M  (a, a, O, n, th, tw)
 
-Every transform is two small matrix products, one per tile axis: the a² strided slices of the padded input are
-gathered into ``d (a, a, ...)``, then ``Bᵀ @ d`` along the first axis (one GEMM) and along the second (a batched
-GEMM); likewise Aᵀ for the output and A for dL/dW's ``dM = A dY Aᵀ``.  The kernel transform is one GEMM with
-G ⊗ G.  dL/dx is the Winograd convolution of dY with the flipped, transposed kernel (padding ``2 - p``: a
-negative one crops dY).  dL/dW is the adjoint of the same map: ``dU[ξ, ν] = dM[ξ, ν] · V[ξ, ν]ᵀ``, then
+The input transform applies Bᵀ to a strided row slices of the padded input, then to a strided column slices of
+each result; the output transform (Aᵀ) and dL/dW's ``dM = A dY Aᵀ`` likewise.  Each of these is a list of
+elementwise passes generated from the matrix's nonzero coefficients (:func:`_combine`), which measured faster on
+NumPy than two small GEMMs per transform (docs/algorithms.md).  The kernel transform is one GEMM with G ⊗ G.
+dL/dx is the Winograd convolution of dY with the flipped, transposed kernel (padding ``2 - p``: a negative one
+crops dY).  dL/dW is the adjoint of the same map: ``dU[ξ, ν] = dM[ξ, ν] · V[ξ, ν]ᵀ``, then
 ``dW = Gᵀ dU G``; the GEMM ``(a², G, O/G, tiles) @ (a², G, tiles, C/G)`` sums over the tiles.
 
 The matrices come from the Toom-Cook construction over interpolation points (:func:`toom_cook`): 0, ±1, ∞ for
