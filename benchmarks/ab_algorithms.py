@@ -2,13 +2,15 @@
 
     python benchmarks/ab_algorithms.py --threads 2 --rounds 7                          # im2col vs winograd, 3x3
     python benchmarks/ab_algorithms.py --algorithms im2col,fft --layers "2d-k5-64;32,32,32x32,32,5,1,2"
+    python benchmarks/ab_algorithms.py --layers resnet20 --algorithms im2col,winograd,winograd4x4
 
 ``xpconv bench --algorithms im2col,winograd`` times one algorithm after the other; on a shared machine
 the load can change between them.  Here every round times one forward and one forward+backward call of
 each algorithm in turn (through ``nn.Conv1d/2d/3d``, float32, NumPy), after one untimed round, and the medians
 (or minima: ``--statistic min``) over the rounds are printed with the ratio of each algorithm to the first (below 1:
 faster than the first).
-The default layers are the suite's 2-D 3x3 stride-1 ones; ``--layers`` takes what ``xpconv bench --layers`` does.
+The default layers are the suite's 2-D 3x3 stride-1 ones; ``--layers`` takes what ``xpconv bench --layers`` does,
+or ``resnet20``: ResNet-20's 3x3 stride-1 convolutions at batch 128 (16, 32, 64 channels on 32x32, 16x16, 8x8).
 It ends with the BLAS ``threadpoolctl`` reports (which library, kernels and threads ran).
 """
 from __future__ import annotations
@@ -21,7 +23,9 @@ import numpy as np
 from threadpoolctl import threadpool_info, threadpool_limits
 
 from xpconv import nn
-from xpconv.bench.suite import SUITE, select_layers
+from xpconv.bench.suite import SUITE, Layer, select_layers
+
+RESNET20 = [Layer(f"resnet20-c{c}-{s}", 128, c, (s, s), c, 3, 1, 1) for c, s in ((16, 32), (32, 16), (64, 8))]
 
 
 def main(argv=None) -> int:
@@ -29,7 +33,8 @@ def main(argv=None) -> int:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--algorithms", default="im2col,winograd", help="comma-separated; ratios are to the first")
-    parser.add_argument("--layers", default=None, help="as xpconv bench --layers (default: 2-D 3x3 stride-1 ones)")
+    parser.add_argument("--layers", default=None,
+                        help="as xpconv bench --layers, or resnet20 (default: the suite's 2-D 3x3 stride-1 ones)")
     parser.add_argument("--statistic", choices=("median", "min"), default="median",
                         help="over the rounds; min discards the time other processes took on a loaded machine")
     parser.add_argument("--clock", choices=("wall", "cpu"), default="wall",
@@ -37,8 +42,11 @@ def main(argv=None) -> int:
                              "count; with --threads 1 it is the work done")
     args = parser.parse_args(argv)
     algorithms = args.algorithms.split(",")
-    layers = (select_layers(args.layers) if args.layers else
-              [s for s in SUITE if s.nd == 2 and s.k == 3 and s.stride == 1])
+    if args.layers == "resnet20":
+        layers = RESNET20
+    else:
+        layers = (select_layers(args.layers) if args.layers else
+                  [s for s in SUITE if s.nd == 2 and s.k == 3 and s.stride == 1])
     rng = np.random.default_rng(0)
     first, others = algorithms[0], algorithms[1:]
     head = [f"{a} {part} ms" for part in ("fwd", "fwd+bwd") for a in algorithms]

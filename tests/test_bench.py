@@ -120,4 +120,23 @@ def test_bench_runs_each_algorithm_side_by_side_and_says_what_auto_chose(tmp_pat
     assert data["config"]["algorithms"] == ["im2col", "winograd", "fft", "auto"]
     assert f"auto chose: {TINY} im2col, {stride2} im2col" in capsys.readouterr().out
     with pytest.raises(SystemExit):
-        main(["bench", "--algorithms", "fast"])
+        main(["bench", "--algorithms", "winograd6x6"])
+
+
+def test_bench_autotune_reports_what_auto_timed_and_chose(tmp_path, capsys):
+    """With --autotune, 'auto chose' is what the auto rows ran: one of the eligible algorithms per layer."""
+    import xpconv
+
+    out = tmp_path / "bench.json"
+    stride2 = "3,4,9,4,3,2,0,2"
+    xpconv.clear_autotune_cache()
+    try:
+        assert main(["bench", "--backends", "numpy", "--autotune", "--layers", f"{TINY};{stride2}", "--repeats", "1",
+                     "--warmup", "0", "--json", str(out), "--no-progress"]) == 0
+        chose = json.loads(out.read_text())["auto_chose"]
+        assert chose[TINY] in ("im2col", "winograd") and chose[stride2] == "im2col"
+        assert sorted(xpconv.autotune_choices().values()) == sorted(chose.values())
+        assert not xpconv.autotune_enabled()                                  # the switch is back off after the run
+        assert f"auto chose: {TINY} {chose[TINY]}, {stride2} im2col" in capsys.readouterr().out
+    finally:
+        xpconv.clear_autotune_cache()

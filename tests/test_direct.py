@@ -6,12 +6,12 @@ import tracemalloc
 
 import numpy as np
 import pytest
-from algorithm_checks import FLOAT32_BOUND, check_against_reference, check_finite_differences, float32_errors
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import xpconv
 import xpconv._direct as direct
+from algorithm_checks import FLOAT32_BOUND, check_against_reference, check_finite_differences, float32_errors
 from conftest import as_numpy
 from xpconv import nn
 from xpconv._engine import flipped_geometry

@@ -6,12 +6,12 @@ import math
 
 import numpy as np
 import pytest
-from algorithm_checks import check_against_reference, check_finite_differences, float32_errors, workspace_peaks
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import xpconv
 import xpconv._fft as fft
+from algorithm_checks import check_against_reference, check_finite_differences, float32_errors, workspace_peaks
 from conftest import as_numpy
 from xpconv import nn
 from xpconv._geometry import make_geometry

@@ -57,14 +57,16 @@ DOCS = {
             default grows to half the memory the device has free (docs/gpu.md).
         """,
     "algorithm": """
-        algorithm : {"auto", "im2col", "winograd", "direct", "fft"}, default "auto"
+        algorithm : {"auto", "im2col", "winograd", "winograd4x4", "direct", "fft"}, default "auto"
             How the convolution is computed, like cuDNN's algorithm choice: ``"im2col"`` (any geometry, the
             reference path), ``"winograd"`` (F(2x2, 3x3): 2-D, 3x3, stride 1, dilation 1, any padding and
-            groups; 2.25x fewer multiplications, float32 error within a tested bound), ``"direct"``
-            (depthwise only, one input channel per group: a multiply-add per kernel tap, no columns), ``"fft"``
-            (any geometry, through ``rfftn``/``irfftn``: for large kernels; its float32 error grows with the
-            transform size) or ``"auto"``, which is im2col until the others measure a clear win (see
-            docs/algorithms.md).  A ValueError names why an algorithm cannot do a geometry.
+            groups; 2.25x fewer multiplications, float32 error within 4 eps32 of the scale, as im2col),
+            ``"winograd4x4"`` (F(4x4, 3x3), the same geometries: 4x fewer multiplications, float32 error within
+            32 eps32), ``"direct"`` (depthwise only, one input channel per group: a multiply-add per kernel tap,
+            no columns), ``"fft"`` (any geometry, through ``rfftn``/``irfftn``: for large kernels; its float32
+            error grows with the transform size) or ``"auto"``: im2col, or with :func:`xpconv.set_autotune` the
+            fastest of the algorithms within auto's float32 bound, timed once per shape (see docs/algorithms.md).
+            A ValueError names why an algorithm cannot do a geometry.
         """,
     # -- the convolution's hyper-parameters (xpconv.conv*d and nn.Conv*d) --
     "conv_hyper": """

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from functools import lru_cache
 from typing import Any
@@ -39,15 +39,16 @@ from ._namespace import namespace
 from ._typing import Array
 from ._winograd import winograd_backward, winograd_forward, winograd_unsupported
 from .backends import Backend, library_of
+from .tuning import autotune_enabled, tuned_choice
 from .validation import check_real
 
-__all__ = ["ALGORITHMS", "ConvContext", "choose_algorithm", "namespace_of", "ConvSpec", "prepare", "conv",
+__all__ = ["ALGORITHMS", "REGISTRY", "Algorithm", "AUTO_FLOAT32_BOUND", "ConvContext", "choose_algorithm",
+           "select_algorithm", "namespace_of", "ConvSpec", "prepare", "conv",
            "conv_grads", "conv_transpose", "conv_transpose_grads", "conv_transpose_output_shape", "unfold", "fold",
            "DEFAULT_MAX_WORKSPACE_BYTES", "DEFAULT_MAX_MEMORY_FRACTION", "SUPPORTED_DTYPES",
            "check_max_workspace_bytes", "max_memory_fraction", "memory_limit", "engine_policy"]
 
 SUPPORTED_DTYPES = ("float32", "float64")
-ALGORITHMS = ("auto", "im2col", "winograd", "direct", "fft")
 DEFAULT_MAX_MEMORY_FRACTION = 0.9
 _FRACTION_VARIABLE = "XPCONV_MAX_MEMORY_FRACTION"
 
@@ -86,30 +87,6 @@ def engine_policy(backend: Backend, max_workspace_bytes: int | None) -> dict[str
     return {"max_workspace_bytes": max_workspace_bytes, "cache_chunk_bytes": backend.cache_chunk_bytes,
             "batch_inner": backend.batch_inner_gemm, "gather": backend.gather_columns, "memory_limit": limit,
             "windows": backend.window_view}
-
-
-def _winograd_policy(policy: dict[str, Any]) -> dict[str, Any]:
-    """The part of :func:`engine_policy` Winograd, FFT and the direct algorithm take (no column or GEMM choices)."""
-    return {k: policy[k] for k in ("max_workspace_bytes", "cache_chunk_bytes", "memory_limit")}
-
-
-def choose_algorithm(algorithm: object, geom: ConvGeometry, channels: int | None = None) -> str:
-    """The algorithm that computes a convolution of geometry ``geom`` (``channels`` input channels, where
-    known) when ``algorithm`` is asked for.
-
-    ``"im2col"`` (any geometry), ``"winograd"`` (F(2x2, 3x3): 2-D 3x3 stride-1 dilation-1 kernels),
-    ``"direct"`` (depthwise: one input channel per group) and ``"fft"`` (any geometry: stride and dilation cost it
-    the work of stride 1 and of the spread kernel) are taken as asked; ValueError when the algorithm cannot do
-    ``geom``, naming why, or for an unknown name.  ``"auto"`` is im2col: Winograd measured no clear win on the
-    suite's layers (docs/algorithms.md).
-    """
-    if algorithm not in ALGORITHMS:
-        raise ValueError(f"algorithm must be one of {', '.join(map(repr, ALGORITHMS))}, got {algorithm!r}")
-    if algorithm == "winograd" and (why := winograd_unsupported(geom)) is not None:
-        raise ValueError(f"algorithm='winograd' cannot compute this convolution: {why}; use 'im2col' or 'auto'")
-    if algorithm == "direct" and (why := direct_unsupported(geom, channels)) is not None:
-        raise ValueError(f"algorithm='direct' cannot compute this convolution: {why}; use 'im2col' or 'auto'")
-    return "im2col" if algorithm == "auto" else str(algorithm)
 
 
 def namespace_of(*arrays: Array | None, names: Sequence[str] | None = None) -> Any:
@@ -170,6 +147,127 @@ class ConvContext:
     backend: Backend
     cols: Array | None = None
     algorithm: str = "im2col"
+
+
+# -- the algorithms: each a name in REGISTRY ---------------------------------------------------------
+@dataclass(frozen=True)
+class Algorithm:
+    """One way to compute a convolution (docs/algorithms.md).
+
+    ``unsupported(geom, channels)`` says why it cannot compute geometry ``geom`` with ``channels`` input channels
+    (None where that is not known) or None when it can;
+    ``forward(ctx, bias, policy, keep_cols) -> y`` and ``backward(ctx, dy, policy, need_input_grad) -> (dL/dx or
+    None, dL/dW)`` take the engine's layout (batched, channels-first) and :func:`engine_policy`'s keywords;
+    ``float32_bound`` is the documented float32 error bound in units of eps32 (max |result32 - result64| over
+    max conv(|a|, |b|)), which decides whether auto-tuning may pick it (see :data:`AUTO_FLOAT32_BOUND`); ``inf``
+    where it depends on the size (FFT's).
+    """
+
+    unsupported: Callable[[ConvGeometry, int | None], str | None]
+    forward: Callable[[ConvContext, Array | None, dict[str, Any], bool], Array]
+    backward: Callable[[ConvContext, Array, dict[str, Any], bool], tuple[Array | None, Array]]
+    float32_bound: float
+
+
+def _im2col_forward(ctx: ConvContext, bias: Array | None, policy: dict[str, Any], keep_cols: bool) -> Array:
+    y, ctx.cols = conv_forward(ctx.x, ctx.weight, bias, ctx.geom, keep_cols=keep_cols, **policy)
+    return y
+
+
+def _im2col_backward(ctx: ConvContext, dy: Array, policy: dict[str, Any], need_input_grad: bool,
+                     ) -> tuple[Array | None, Array]:
+    return conv_backward(dy, ctx.x, ctx.weight, ctx.geom, cols=ctx.cols, need_input_grad=need_input_grad, **policy)
+
+
+def _chunked_policy(policy: dict[str, Any]) -> dict[str, Any]:
+    """The part of :func:`engine_policy` Winograd, the direct algorithm and FFT take (no column or GEMM choices)."""
+    return {k: policy[k] for k in ("max_workspace_bytes", "cache_chunk_bytes", "memory_limit")}
+
+
+def _forward_of(forward: Callable[..., Array], **fixed: Any) -> Callable[..., Array]:
+    """An :class:`Algorithm`'s forward from a pass ``forward(x, weight, bias, geom, **policy)``."""
+    def run(ctx: ConvContext, bias: Array | None, policy: dict[str, Any], keep_cols: bool) -> Array:
+        return forward(ctx.x, ctx.weight, bias, ctx.geom, **fixed, **_chunked_policy(policy))
+    return run
+
+
+def _backward_of(backward: Callable[..., tuple[Array | None, Array]], **fixed: Any) -> Callable[..., Any]:
+    """An :class:`Algorithm`'s backward from a pass ``backward(dy, x, weight, geom, need_input_grad=, **policy)``."""
+    def run(ctx: ConvContext, dy: Array, policy: dict[str, Any], need_input_grad: bool) -> tuple[Array | None, Array]:
+        return backward(dy, ctx.x, ctx.weight, ctx.geom, need_input_grad=need_input_grad, **fixed,
+                        **_chunked_policy(policy))
+    return run
+
+
+def _any_geometry(geom: ConvGeometry, channels: int | None = None) -> str | None:
+    return None
+
+
+def _geometry_only(unsupported: Callable[[ConvGeometry], str | None]) -> Callable[[ConvGeometry, int | None], Any]:
+    def check(geom: ConvGeometry, channels: int | None = None) -> str | None:
+        return unsupported(geom)
+    return check
+
+
+# name -> Algorithm, in the order auto-tuning times them; a new algorithm is one line here (docs/algorithms.md).
+# FFT's float32 bound grows with the transform size S, log2(prod(S)) / 2 eps32: looser than auto's beyond 256
+# points, so auto-tuning never times it (it is there to be asked for by name).
+REGISTRY: dict[str, Algorithm] = {
+    "im2col": Algorithm(_any_geometry, _im2col_forward, _im2col_backward, 4.0),
+    "winograd": Algorithm(_geometry_only(winograd_unsupported), _forward_of(winograd_forward, m=2),
+                          _backward_of(winograd_backward, m=2), 4.0),
+    "winograd4x4": Algorithm(_geometry_only(winograd_unsupported), _forward_of(winograd_forward, m=4),
+                             _backward_of(winograd_backward, m=4), 32.0),
+    "direct": Algorithm(direct_unsupported, _forward_of(direct_forward), _backward_of(direct_backward), 4.0),
+    "fft": Algorithm(_any_geometry, _forward_of(fft_forward), _backward_of(fft_backward), math.inf),
+}
+ALGORITHMS = ("auto", *REGISTRY)
+# auto's documented float32 bound (eps32 units): auto-tuning only times algorithms whose bound is no looser
+AUTO_FLOAT32_BOUND = 4.0
+
+
+def choose_algorithm(algorithm: object, geom: ConvGeometry, channels: int | None = None) -> str:
+    """The algorithm that computes a convolution of geometry ``geom`` (``channels`` input channels, where known)
+    when ``algorithm`` is asked for, by rule.
+
+    A name of :data:`REGISTRY` is taken as asked; ValueError when it cannot do ``geom``, naming why, or for an
+    unknown name.  ``"auto"`` is im2col: neither Winograd, the direct algorithm nor FFT measured a clear win on the
+    suite's layers (docs/algorithms.md); with auto-tuning on, :func:`select_algorithm` times the candidates instead.
+    """
+    if algorithm not in ALGORITHMS:
+        raise ValueError(f"algorithm must be one of {', '.join(map(repr, ALGORITHMS))}, got {algorithm!r}")
+    if algorithm == "auto":
+        return "im2col"
+    if (why := REGISTRY[str(algorithm)].unsupported(geom, channels)) is not None:
+        raise ValueError(f"algorithm={algorithm!r} cannot compute this convolution: {why}; use 'im2col' or 'auto'")
+    return str(algorithm)
+
+
+def _candidates(geom: ConvGeometry, channels: int) -> list[str]:
+    """What auto-tuning may pick for ``geom``: the algorithms that can compute it, within auto's float32 bound."""
+    return [name for name, a in REGISTRY.items()
+            if a.float32_bound <= AUTO_FLOAT32_BOUND and a.unsupported(geom, channels) is None]
+
+
+def select_algorithm(algorithm: object, ctx: ConvContext, bias: Array | None,
+                     max_workspace_bytes: int | None) -> str:
+    """:func:`choose_algorithm`, except that ``"auto"`` under auto-tuning (:mod:`xpconv.tuning`) takes the
+    fastest candidate for ctx's shapes, geometry, dtype, library and device: timed once per process (forward and
+    backward, as a training step runs them), then cached."""
+    chosen = choose_algorithm(algorithm, ctx.geom, ctx.x.shape[1])
+    if algorithm != "auto" or not autotune_enabled():
+        return chosen
+    key = (ctx.backend.name, str(ctx.backend.device), str(ctx.x.dtype), tuple(ctx.x.shape), tuple(ctx.weight.shape),
+           ctx.geom, max_workspace_bytes)
+    policy = engine_policy(ctx.backend, max_workspace_bytes)
+
+    def step(name: str) -> None:                                        # forward + backward on a copy of ctx
+        trial = replace(ctx, cols=None, algorithm=name)
+        with ctx.backend.activate():
+            y = REGISTRY[name].forward(trial, bias, policy, True)
+            REGISTRY[name].backward(trial, y, policy, True)
+
+    return tuned_choice(key, _candidates(ctx.geom, ctx.x.shape[1]), step, ctx.backend)
 
 
 def _weight_layout(channels_last: bool) -> str:
@@ -267,17 +365,10 @@ def conv(x: Array, weight: Array, bias: Array | None, geom: ConvGeometry | ConvS
     ``algorithm``: see :func:`choose_algorithm`; backward uses the one chosen here."""
     check_max_workspace_bytes(max_workspace_bytes)
     ctx = prepare(x, weight, bias, geom, channels_last=channels_last)
-    ctx.algorithm = choose_algorithm(algorithm, ctx.geom, ctx.x.shape[1])
+    ctx.algorithm = select_algorithm(algorithm, ctx, bias, max_workspace_bytes)
     policy = engine_policy(ctx.backend, max_workspace_bytes)
     with ctx.backend.activate():                     # the functional API too allocates on the inputs' device
-        if ctx.algorithm == "winograd":
-            y = winograd_forward(ctx.x, ctx.weight, bias, ctx.geom, **_winograd_policy(policy))
-        elif ctx.algorithm == "direct":
-            y = direct_forward(ctx.x, ctx.weight, bias, ctx.geom, **_winograd_policy(policy))
-        elif ctx.algorithm == "fft":
-            y = fft_forward(ctx.x, ctx.weight, bias, ctx.geom, **_winograd_policy(policy))
-        else:
-            y, ctx.cols = conv_forward(ctx.x, ctx.weight, bias, ctx.geom, keep_cols=keep_cols, **policy)
+        y = REGISTRY[ctx.algorithm].forward(ctx, bias, policy, keep_cols)
         return _finish(ctx.xp, y, ctx.batched, channels_last), ctx
 
 
@@ -297,18 +388,7 @@ def conv_grads(ctx: ConvContext, grad_output: Array, *, max_workspace_bytes: int
                          f"got {tuple(grad_output.shape)}")
     policy = engine_policy(ctx.backend, max_workspace_bytes)
     with ctx.backend.activate():
-        if ctx.algorithm == "winograd":
-            grad_x, grad_w = winograd_backward(dy, ctx.x, ctx.weight, ctx.geom, need_input_grad=need_input_grad,
-                                               **_winograd_policy(policy))
-        elif ctx.algorithm == "direct":
-            grad_x, grad_w = direct_backward(dy, ctx.x, ctx.weight, ctx.geom, need_input_grad=need_input_grad,
-                                             **_winograd_policy(policy))
-        elif ctx.algorithm == "fft":
-            grad_x, grad_w = fft_backward(dy, ctx.x, ctx.weight, ctx.geom, need_input_grad=need_input_grad,
-                                          **_winograd_policy(policy))
-        else:
-            grad_x, grad_w = conv_backward(dy, ctx.x, ctx.weight, ctx.geom, cols=ctx.cols,
-                                           need_input_grad=need_input_grad, **policy)
+        grad_x, grad_w = REGISTRY[ctx.algorithm].backward(ctx, dy, policy, need_input_grad)
         grad_b = xp.sum(dy, axis=(0, *range(2, dy.ndim)))
         grad_w = _from_channels_first(xp, grad_w, ctx.channels_last)
         if grad_x is not None:

@@ -8,7 +8,7 @@ device come from the inputs, and so do those of every result.
 from __future__ import annotations
 
 from ._docstrings import CONV_ND, fill_doc
-from ._ops import DEFAULT_MAX_WORKSPACE_BYTES, ConvSpec, choose_algorithm, conv, conv_grads, prepare
+from ._ops import DEFAULT_MAX_WORKSPACE_BYTES, ConvSpec, conv, conv_grads, prepare, select_algorithm
 
 __all__ = [
     "conv1d", "conv2d", "conv3d",
@@ -26,7 +26,7 @@ def _conv_backward(nd, grad_output, x, weight, stride, padding, dilation, groups
                    max_workspace_bytes, algorithm):
     spec = ConvSpec(nd, stride, padding, dilation, groups)
     ctx = prepare(x, weight, None, spec, channels_last=channels_last, grad_output=grad_output)
-    ctx.algorithm = choose_algorithm(algorithm, ctx.geom, ctx.x.shape[1])
+    ctx.algorithm = select_algorithm(algorithm, ctx, None, max_workspace_bytes)
     return conv_grads(ctx, grad_output, max_workspace_bytes=max_workspace_bytes)
 
 
@@ -79,8 +79,8 @@ _CONV_BODY = """
         ``groups`` does not divide ``C`` or ``O``; ``C`` differs from ``weight``'s ``C // groups`` times
         ``groups``; the dilated kernel is larger than the padded input; ``bias`` is not ``(O,)``;
         ``max_workspace_bytes`` is not a positive int or None, or is smaller than one output row's workspace
-        (with Winograd, FFT or the direct algorithm: one sample's); ``algorithm`` is unknown, or
-        ``"winograd"``/``"direct"`` for a geometry it cannot do.
+        (with Winograd, FFT or the direct algorithm: one sample's); ``algorithm`` is unknown, or one that cannot
+        do the geometry (Winograd: 2-D 3x3 stride 1; direct: depthwise).
     MemoryError
         If the workspace would exceed ``$XPCONV_MAX_MEMORY_FRACTION`` (default 0.9) of the device's free memory.
 
@@ -109,7 +109,7 @@ _BACKWARD_BODY = """
         The forward call's hyper-parameters, with the meanings given in :func:`conv{nd}d`.
     max_workspace_bytes : int or None, default 256 MiB
         Bound on the workspace, as in :func:`conv{nd}d`.
-    algorithm : {"auto", "im2col", "winograd", "direct", "fft"}, default "auto"
+    algorithm : {"auto", "im2col", "winograd", "winograd4x4", "direct", "fft"}, default "auto"
         The algorithm, as in :func:`conv{nd}d`.
 
     Returns

@@ -4,9 +4,11 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from contextlib import nullcontext
 from pathlib import Path
 
 from ..models import MODELS
+from ..tuning import autotune
 from ..validation import cli_type, non_negative_int, positive_int
 from .runners import BACKEND_CHOICES
 from .suite import MEMORY_SWEEP_LAYER, QUICK, SUITE
@@ -44,10 +46,13 @@ def register(subparsers) -> None:
                         "1 with --threads 1, else all CPUs; docs/benchmarks.md). Unavailable ones are skipped with a "
                         "note (default: numpy,torch,torch-ref)")
     p.add_argument("--algorithms", type=_algorithms, default=["auto"],
-                   help="comma-separated from auto,im2col,winograd,direct,fft: each xpconv backend runs each "
-                        "algorithm side by side, as a row named backend:algorithm (auto: the backend's name); an "
-                        "algorithm is skipped on layers it cannot compute (winograd: 2-D 3x3 stride 1; direct: "
-                        "depthwise). Prints what auto chose per layer (default: auto)")
+                   help="comma-separated from auto,im2col,winograd,winograd4x4,direct,fft: each xpconv backend runs "
+                        "each algorithm side by side, as a row named backend:algorithm (auto: the backend's name); an "
+                        "algorithm is skipped on layers it cannot compute (winograd, winograd4x4: 2-D 3x3 stride 1; "
+                        "direct: depthwise). Prints what auto chose per layer (default: auto)")
+    p.add_argument("--autotune", action="store_true",
+                   help="auto-tune algorithm='auto' (xpconv.set_autotune): each layer's first auto call times the "
+                        "eligible algorithms and keeps the fastest, as docs/algorithms.md describes")
     p.add_argument("--layers", default="all",
                    help=f"all, quick ({','.join(QUICK)}), comma-separated names "
                         f"({', '.join(layer.name for layer in SUITE)}), or custom layers 'N,C,S,O,k,stride,pad"
@@ -127,8 +132,9 @@ def run(args) -> int:
         print(note, file=sys.stderr)
     progress = not args.no_progress
     try:
-        rows = run_suite(runners, layers, repeats=args.repeats, warmup=args.warmup, max_workspace_bytes=cap,
-                         seed=args.seed, progress=progress)
+        with autotune(True) if args.autotune else nullcontext():
+            rows = run_suite(runners, layers, repeats=args.repeats, warmup=args.warmup, max_workspace_bytes=cap,
+                             seed=args.seed, progress=progress)
         sweep = (memory_sweep(runners, cap, repeats=min(args.repeats, 3), warmup=args.warmup, seed=args.seed,
                               progress=progress) if args.memory_sweep else [])
     finally:
@@ -141,7 +147,7 @@ def run(args) -> int:
     print(report.markdown_table(rows, layers))
     print()
     print(report.summary_lines(summary))
-    auto = report.auto_choices(layers)
+    auto = report.auto_choices(layers, runners)
     print()
     print("auto chose: " + ", ".join(f"{name} {alg}" for name, alg in auto.items()))
     if sweep:

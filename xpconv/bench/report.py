@@ -36,12 +36,22 @@ def environment_line(env) -> str:
     return "environment: " + "; ".join(parts)
 
 
-def auto_choices(layers) -> dict[str, str]:
-    """The algorithm ``algorithm="auto"`` picks for each layer, by name."""
+def auto_choices(layers, runners=()) -> dict[str, str]:
+    """The algorithm ``algorithm="auto"`` picked for each layer, by name: as the auto runners among ``runners``
+    ran it (auto-tuned, the backends can differ: ``"numpy im2col / torch winograd"``), else by the rule."""
     from .._ops import choose_algorithm
     from .runners import layer_geometry
 
-    return {layer.name: choose_algorithm("auto", layer_geometry(layer), layer.c) for layer in layers}
+    recorded = [r for r in runners if getattr(r, "algorithm", None) == "auto"]
+    out = {}
+    for layer in layers:
+        picks = {r.name: r.chose[layer.name] for r in recorded if layer.name in r.chose}
+        if len(set(picks.values())) > 1:
+            out[layer.name] = " / ".join(f"{backend} {alg}" for backend, alg in picks.items())
+        else:
+            by_rule = choose_algorithm("auto", layer_geometry(layer), layer.c)
+            out[layer.name] = next(iter(picks.values()), None) or by_rule
+    return out
 
 
 def markdown_table(rows, layers) -> str:

@@ -103,6 +103,7 @@ class XpconvRunner(Runner):
         self.name = backend.name if algorithm == "auto" else f"{backend.name}:{algorithm}"
         self.backend = backend
         self.algorithm = algorithm
+        self.chose: dict[str, str] = {}          # layer name -> the algorithm the first forward ran (auto's choice)
 
     def runs(self, layer) -> bool:
         try:
@@ -120,6 +121,7 @@ class XpconvRunner(Runner):
                         algorithm=self.algorithm)
 
         ctx = forward()[1]
+        self.chose[layer.name] = ctx.algorithm
         return Case(forward=forward,
                     backward=lambda: conv_grads(ctx, dy, max_workspace_bytes=max_workspace_bytes),
                     step=lambda: conv_grads(forward()[1], dy, max_workspace_bytes=max_workspace_bytes))

@@ -48,7 +48,8 @@ _LAYER_BODY = """
         If ``in_channels``/``out_channels`` is not a positive int, ``kernel_size`` is invalid,
         {bad_conv_hyper},
         ``groups`` does not divide both channel counts,
-        {bad_backend}, ``algorithm`` is unknown or ``"winograd"``/``"direct"`` for a geometry it cannot do.
+        {bad_backend}, ``algorithm`` is unknown or one that cannot do the geometry (Winograd: 2-D 3x3 stride 1;
+        direct: depthwise).
     TypeError
         If a tuple hyper-parameter holds a non-int, or ``backend`` is neither a name nor a Backend.
 
