@@ -15,6 +15,7 @@ from typing import Any
 from .._docstrings import STATELESS, fill_doc
 from .._ops import namespace_of
 from .._typing import Array
+from ..amp import master_dtype
 from ..validation import check_int, check_real
 from .module import Module
 
@@ -49,8 +50,9 @@ def _rational(t: Array, num: tuple[float, ...], den: tuple[float, ...]) -> Array
 def erf(x: Array) -> Array:
     """The error function ``2/sqrt(pi) * integral_0^x exp(-t^2) dt``, elementwise, in pure Array API.
 
-    W. J. Cody's rational approximations (relative error below 1e-16 in float64); ``x``'s dtype is kept,
-    NaN stays NaN and ``erf(+-inf) = +-1``.
+    W. J. Cody's rational approximations (relative error below 1e-16 in float64); ``x``'s dtype is kept
+    (float16/bfloat16 are computed in float32: the coefficients overflow float16), NaN stays NaN and
+    ``erf(+-inf) = +-1``.
 
     Parameters
     ----------
@@ -76,6 +78,7 @@ def erf(x: Array) -> Array:
     True
     """
     xp = namespace_of(x, names=["x"])
+    dtype, x = x.dtype, xp.astype(x, master_dtype(xp, x.dtype), copy=False)
     y = xp.abs(x)
     ys = xp.clip(y, max=_ERF_SMALL)
     small = ys * _rational(ys * ys, _ERF_A, _ERF_B)                              # erf, |x| <= 0.46875
@@ -90,7 +93,7 @@ def erf(x: Array) -> Array:
     erfc = xp.exp(-r * r) * xp.exp(-(yc - r) * (yc + r)) * tail
     erfc = xp.where(y > _ERFC_ZERO, xp.zeros_like(erfc), erfc)
     out = xp.where(y <= _ERF_SMALL, small, 1.0 - erfc)
-    return xp.where(x < 0, -out, out)
+    return xp.astype(xp.where(x < 0, -out, out), dtype, copy=False)
 
 
 _LAYER_DOC = """
