@@ -7,6 +7,7 @@ import math
 
 import numpy as np
 import pytest
+from instrumented import every_state_model
 
 import xpconv
 from conftest import HAS_TORCH, as_numpy
@@ -14,8 +15,10 @@ from reference import conv_backward_reference, conv_reference
 from xpconv import nn
 from xpconv.amp import GradScaler, master_dtype
 from xpconv.cli import main
+from xpconv.data import load_dataset
 from xpconv.nn import Parameter
 from xpconv.optim import SGD, Adam
+from xpconv.training import fit
 
 # A float16 result is the float64 convolution of the float16-rounded inputs, summed in float32 and rounded once
 # (2**-11 relative): within this fraction of the largest |value| (bfloat16: 2**-8 per rounding).
@@ -257,6 +260,19 @@ def test_cli_float16_training_reaches_float32_accuracy(tmp_path, capsys):
         accuracy[precision] = metrics["test_accuracy"]
     assert accuracy["float32"] > 0.75
     assert abs(accuracy["float16"] - accuracy["float32"]) <= 0.04, accuracy
+
+
+def test_fit_with_a_grad_scaler_reads_one_number_per_step(monkeypatch):
+    """The inf/NaN check stays on the device; GradScaler.step reads its sum once (6 steps: 6 reads)."""
+    import xpconv.amp
+
+    reads = []
+    monkeypatch.setattr(xpconv.amp, "to_numpy", lambda a: reads.append(a.shape) or xpconv.to_numpy(a))
+    data = load_dataset("digits", seed=0).subset(96)
+    model = every_state_model("numpy", dtype="float16")
+    fit(model, data, epochs=1, batch_size=16, optimizer=Adam(model.parameters(), lr=1e-3), progress=False,
+        log=lambda line: None, scaler=GradScaler())
+    assert reads == [()] * 6
 
 
 def test_cli_refuses_bfloat16_on_numpy(capsys):

@@ -260,7 +260,9 @@ _BATCHNORM_DOC = """y = (x - mean) / sqrt(var + eps) * weight + bias per channel
     TypeError
         If ``eps`` or ``momentum`` is not a real number (or None for ``momentum``).
 """
-_BN_ROLE = "Floating dtype of the parameters and running statistics; inputs must have the same dtype."
+_BN_ROLE = ("Floating dtype of the inputs and outputs, and of the parameters and running statistics (float32 for "
+            "a float16/bfloat16 layer).")
+_NORM_ROLE = "Floating dtype of the inputs, outputs and parameters (float32 parameters for a float16/bfloat16 layer)."
 
 
 @fill_doc(body=_BATCHNORM_DOC, nd="1", shape="(N, C) or (N, C, L)", over="N (and L)", dtype_role=_BN_ROLE)
@@ -423,7 +425,7 @@ class SyncBatchNorm(_BatchNorm):
 
 
 # -- LayerNorm and GroupNorm --------------------------------------------------------------------------
-@fill_doc()
+@fill_doc(dtype_role=_NORM_ROLE)
 class LayerNorm(_Normalization):
     """y = (x - mean) / sqrt(var + eps) * weight + bias over the last ``len(normalized_shape)`` axes.
 
@@ -497,7 +499,7 @@ class LayerNorm(_Normalization):
         return f"{self.normalized_shape}, eps={self.eps}, elementwise_affine={self.elementwise_affine}"
 
 
-@fill_doc()
+@fill_doc(dtype_role=_NORM_ROLE)
 class GroupNorm(_Normalization):
     """y = (x - mean) / sqrt(var + eps) * weight + bias, statistics per sample and group of channels.
 

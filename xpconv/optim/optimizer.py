@@ -11,7 +11,8 @@ modified); later updates change that array, which the optimizer made, in place, 
 makes five temporaries per parameter and step, and no new parameter array.  Measured as aten ops on torch
 CPU (tests/op_counts.py): an Adam step is 12 kernel launches per parameter, SGD with momentum 4.
 :meth:`Optimizer.state_dict` has torch's layout with host NumPy copies, so a state saved on one backend loads
-on any other.
+on any other.  A float16/bfloat16 parameter is updated through a float32 master copy (state ``"master_param"``),
+with float32 moments (docs/precision.md).
 """
 from __future__ import annotations
 
