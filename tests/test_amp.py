@@ -87,12 +87,36 @@ def test_every_kind_of_layer_runs_in_float16_close_to_float64(rng):
     assert half[1].running_var.dtype == np.float32
 
 
-def test_dropout_and_pooling_keep_float16():
-    x = np.ones((2, 3, 4, 4), np.float16)
-    for layer in (nn.Dropout(0.5, seed=0, dtype="float16"), nn.MaxPool2d(2, dtype="float16"),
-                  nn.AdaptiveAvgPool2d(1, dtype="float16")):
-        y = layer(x)
-        assert y.dtype == np.float16 and layer.backward(np.ones_like(y)).dtype == np.float16
+@pytest.mark.parametrize("make", [
+    lambda dt: nn.LeakyReLU(0.1, dtype=dt), lambda dt: nn.ELU(dtype=dt), lambda dt: nn.GELU("tanh", dtype=dt),
+    lambda dt: nn.Sigmoid(dtype=dt), lambda dt: nn.SiLU(dtype=dt), lambda dt: nn.Softmax(1, dtype=dt),
+    lambda dt: nn.MaxPool2d(3, stride=2, padding=1, dtype=dt), lambda dt: nn.AdaptiveAvgPool2d(2, dtype=dt),
+    lambda dt: nn.AdaptiveMaxPool2d(3, dtype=dt), lambda dt: nn.Upsample(scale_factor=2, dtype=dt),
+    lambda dt: nn.ConvTranspose2d(3, 2, 3, stride=2, seed=0, dtype=dt),
+    lambda dt: nn.Conv1d(6, 4, 3, seed=0, dtype=dt)],
+    ids=["leaky_relu", "elu", "gelu_tanh", "sigmoid", "silu", "softmax", "maxpool", "adaptive_avg", "adaptive_max",
+         "upsample", "conv_transpose", "conv1d"])
+def test_more_layers_in_float16_match_float64(make, rng):
+    wide, half = make("float64"), make("float16")
+    half.load_state_dict(wide.state_dict())
+    wide.load_state_dict(half.state_dict())
+    x = rng.standard_normal((2, 3, 6, 6)) * 3
+    if isinstance(wide, nn.Conv1d):
+        x = np.reshape(x, (2, 6, 18))
+    y16, y64 = half(x.astype(np.float16)), wide(x.astype(np.float16).astype(np.float64))
+    assert y16.dtype == np.float16
+    _close(y16, y64, 4e-3)
+    dy = rng.standard_normal(y64.shape)
+    dx16 = half.backward(dy.astype(np.float16))
+    assert dx16.dtype == np.float16
+    _close(dx16, wide.backward(dy.astype(np.float16).astype(np.float64)), 4e-3)
+
+
+def test_dropout_keeps_float16():
+    drop = nn.Dropout(0.5, seed=0, dtype="float16")
+    y = drop(np.ones((4, 8), np.float16))
+    assert y.dtype == np.float16 and set(np.unique(y).tolist()) <= {0.0, 2.0}
+    assert drop.backward(np.ones_like(y)).dtype == np.float16
 
 
 def test_cross_entropy_of_float16_logits_is_computed_in_float32(rng):

@@ -271,7 +271,9 @@ class ELU(_ShapePreserving):
 
 
 _GELU_BETA, _GELU_KAPPA = math.sqrt(2.0 / math.pi), 0.044715
-_GELU_TANH_CLIP = 1e4      # |x| beyond which tanh(beta (x + kappa x^3)) is +-1; keeps x^3 finite in float32
+# |x| beyond which tanh(beta (x + kappa x^3)) is +-1 (the argument is ~987 at 30; tanh is 1 in float64 from ~19)
+# and the slope's second term 0; keeps x^3 finite in float16 (27 000 < 65 504) and every wider dtype.
+_GELU_TANH_CLIP = 30.0
 
 
 @_layer_doc(params="""
