@@ -26,8 +26,8 @@ DOCS = {
         device : int, str or None, default None
             A GPU index or ``"cuda:N"`` for cupy/torch, ``"cpu"`` otherwise; None: the backend's default.
         dtype : {"float32", "float64", "float16", "bfloat16"}, default "float32"
-            {dtype_role}  float16 needs a library that has it (not array-api-strict), bfloat16 torch
-            (docs/precision.md).
+            {dtype_role}
+            float16 needs a library that has it (not array-api-strict), bfloat16 torch (docs/precision.md).
         """,
     "backend_role": "Where the parameters live and the layer computes:",
     "dtype_role": "Floating dtype of the parameters; inputs must have the same dtype.",
