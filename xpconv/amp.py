@@ -118,8 +118,9 @@ class GradScaler:
         """Divide every gradient of ``optimizer``'s parameters by the scale, in float32 (:func:`master_dtype`):
         ``p.grad`` becomes that float32 array, which :meth:`step` (or a clipping in between) reads.
 
-        The sum of each gradient is added up on the device: a non-finite entry makes it non-finite, and
-        :meth:`step` reads that one number.  RuntimeError if called twice before :meth:`update`.
+        The sum of each gradient is added up on the device: a non-finite entry makes it non-finite (so does a sum
+        beyond float32's range, ~3e38, whose step would be no better), and :meth:`step` reads that one number.
+        RuntimeError if called twice before :meth:`update`.
         """
         if not self._enabled:
             return
@@ -129,7 +130,7 @@ class GradScaler:
         for p in _params(optimizer):
             with Backend.from_array(p.grad).activate():
                 xp = array_namespace(p.grad)
-                p.grad = xp.astype(p.grad, master_dtype(xp, p.grad.dtype)) * inv_scale
+                p.grad = xp.astype(p.grad, master_dtype(xp, p.grad.dtype), copy=False) * inv_scale
                 total = xp.sum(p.grad) if total is None else total + xp.sum(p.grad)
         self._found_inf[id(optimizer)] = total
 
