@@ -94,12 +94,12 @@ def instrument(monkeypatch) -> Iterator[Tally]:
         yield tally
 
 
-def every_state_model(backend, channels: int = 4):
+def every_state_model(backend, channels: int = 4, dtype: str = "float32"):
     """A small model with every kind of layer state (conv, batch-norm buffers, dropout generator, pooling,
     linear) for 8x8 digits: what the device-discipline tests train."""
     from xpconv import nn
 
-    on = dict(backend=backend)
+    on = dict(backend=backend, dtype=dtype)
     return nn.Sequential(nn.Conv2d(1, channels, 3, padding=1, seed=0, **on), nn.BatchNorm2d(channels, **on),
                          nn.ReLU(**on), nn.MaxPool2d(2, **on), nn.Dropout(0.2, seed=0, **on), nn.Flatten(**on),
                          nn.Linear(channels * 4 * 4, 10, seed=1, **on))

@@ -104,8 +104,13 @@ def test_synchronize_leaves_no_queued_work_and_the_results_intact(backend, rng):
 
 
 def test_backend_dtype_names():
-    with pytest.raises(ValueError, match="dtype must be 'float32' or 'float64'"):
+    with pytest.raises(ValueError, match="dtype must be one of 'float16', 'bfloat16', 'float32', 'float64'"):
         xpconv.get_backend("numpy").dtype("int8")
+    assert xpconv.get_backend("numpy").dtype("float16") == np.float16
+    with pytest.raises(ValueError, match="dtype 'bfloat16' is not available on the numpy backend"):
+        xpconv.get_backend("numpy").dtype("bfloat16")
+    with pytest.raises(ValueError, match="dtype 'float16' is not available on the array_api_strict backend"):
+        xpconv.get_backend("array_api_strict").dtype("float16")
 
 
 def test_info_command_prints_backends(capsys):

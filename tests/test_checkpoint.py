@@ -9,6 +9,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from xpconv import nn
+from xpconv.amp import GradScaler
 from xpconv.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from xpconv.data import augmentation, load_dataset
 from xpconv.nn import CrossEntropyLoss
@@ -37,9 +38,10 @@ class StopAfter:
     name = "SIGINT"
 
 
-def _run(seed_init=0):
-    """A model with every kind of state: BatchNorm buffers, a dropout generator, SGD momentum, a schedule."""
-    on = dict(backend="numpy")
+def _run(seed_init=0, dtype="float32"):
+    """A model with every kind of state: BatchNorm buffers, a dropout generator, SGD momentum, a schedule
+    (and, in float16, float32 master weights and a loss scaler, which ``_fit`` makes)."""
+    on = dict(backend="numpy", dtype=dtype)
     model = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1, seed=seed_init, **on), nn.BatchNorm2d(4, **on), nn.ReLU(**on),
                           nn.Dropout(0.2, seed=seed_init, **on), nn.Flatten(**on),
                           nn.Linear(4 * 8 * 8, 10, seed=seed_init + 1, **on))
@@ -49,17 +51,21 @@ def _run(seed_init=0):
 
 
 def _fit(data, model, optimizer, scheduler, **kwargs):
+    # float16: a scale that overflows the first steps' gradients (skipped steps, backoff) and grows every 2 steps
+    scaler = GradScaler(init_scale=2.0**24, growth_interval=2, enabled=model.dtype_name == "float16")
     return fit(model, data, epochs=EPOCHS, batch_size=BATCH, optimizer=optimizer, scheduler=scheduler,
                loss_fn=CrossEntropyLoss(label_smoothing=0.1), augment=augmentation("digits", seed=5),
-               seed=5, **_QUIET, **kwargs)
+               seed=5, scaler=scaler, **_QUIET, **kwargs)
 
 
+@pytest.mark.parametrize("dtype", ["float32", "float16"])
 @pytest.mark.parametrize("stop_after", [1, 3, 5, 7])   # mid-epoch and at the end of an epoch
-def test_stopped_and_resumed_run_is_bit_identical(digits48, tmp_path, stop_after):
-    model, optimizer, scheduler = _run()
-    whole = _fit(digits48, model, optimizer, scheduler)
+def test_stopped_and_resumed_run_is_bit_identical(digits48, tmp_path, stop_after, dtype):
+    model, optimizer, scheduler = _run(dtype=dtype)
+    whole_records = []
+    whole = _fit(digits48, model, optimizer, scheduler, on_checkpoint=whole_records.append)
 
-    first = _run()
+    first = _run(dtype=dtype)
     records = []
     stopped = _fit(digits48, *first, on_checkpoint=records.append, stop=StopAfter(stop_after))
     assert stopped.stopped == "SIGINT" and records
@@ -70,11 +76,13 @@ def test_stopped_and_resumed_run_is_bit_identical(digits48, tmp_path, stop_after
 
     saved = load_checkpoint(path)
     assert saved.config == {"note": "test"}
-    model2, optimizer2, scheduler2 = _run(seed_init=99)       # other initial weights and masks: all restored
+    model2, optimizer2, scheduler2 = _run(seed_init=99, dtype=dtype)   # other weights and masks: all restored
     model2.load_state_dict(saved.model)
     optimizer2.load_state_dict(saved.optimizer)
     scheduler2.load_state_dict(saved.scheduler)
-    resumed = _fit(digits48, model2, optimizer2, scheduler2, resume=saved.progress)
+    resumed_records = []
+    resumed = _fit(digits48, model2, optimizer2, scheduler2, resume=saved.progress,
+                   on_checkpoint=resumed_records.append)
 
     assert resumed.stopped is None
     for key in ("train_loss", "train_accuracy", "test_loss", "test_accuracy"):
@@ -82,6 +90,12 @@ def test_stopped_and_resumed_run_is_bit_identical(digits48, tmp_path, stop_after
     for key, value in model.state_dict().items():
         assert np.array_equal(model2.state_dict()[key], value), key
     assert optimizer2.lr == optimizer.lr
+    assert resumed_records[-1]["scaler"] == whole_records[-1]["scaler"]
+    if dtype == "float16":                    # the scale moved (skipped steps and growth), and the masters match
+        assert whole_records[-1]["scaler"]["scale"] != 2.0**24
+        for index, entries in optimizer.state_dict()["state"].items():
+            for name, value in entries.items():
+                assert np.array_equal(optimizer2.state_dict()["state"][index][name], value), (index, name)
 
 
 def test_stop_without_checkpoint_callback_returns_early(digits48):

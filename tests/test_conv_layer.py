@@ -91,7 +91,8 @@ def test_layer_moves_between_backends(rng):
     (dict(in_channels=3, out_channels=2, kernel_size=(3, 3, 3)), "kernel_size must be an int or a tuple of 2 ints"),
     (dict(in_channels=3, out_channels=6, kernel_size=3, groups=2), "groups=2 must divide in_channels=3"),
     (dict(in_channels=2, out_channels=2, kernel_size=3, padding="circular"), "padding must be an int"),
-    (dict(in_channels=2, out_channels=2, kernel_size=3, dtype="float16"), "dtype must be 'float32' or 'float64'"),
+    (dict(in_channels=2, out_channels=2, kernel_size=3, dtype="int8"), "dtype must be one of 'float16'"),
+    (dict(in_channels=2, out_channels=2, kernel_size=3, dtype="bfloat16"), "'bfloat16' is not available on the numpy"),
 ])
 def test_bad_layer_arguments(kwargs, match):
     with pytest.raises(ValueError, match=match):

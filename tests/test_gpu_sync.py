@@ -19,6 +19,7 @@ from instrumented import every_state_model
 
 from conftest import CUDA_COUNT, TORCH_CUDA
 from xpconv import nn
+from xpconv.amp import GradScaler
 from xpconv.backends import get_backend
 from xpconv.cli import main
 from xpconv.data import Compose, DataLoader, RandomCrop, RandomHorizontalFlip, load_dataset
@@ -154,6 +155,17 @@ def test_fit_waits_at_most_once_per_logging_interval(spec, digits, monkeypatch, 
         fit(model, digits, epochs=1, batch_size=BATCH, optimizer=Adam(model.parameters(), lr=1e-3),
             augment=_augment(), progress=False, log=lambda line: None, log_interval=log_interval)
     assert len(waits) <= math.ceil(6 / log_interval) + 2, waits
+
+
+@pytest.mark.parametrize("spec", SPECS)
+def test_float16_fit_with_a_grad_scaler_waits_once_per_step_more(spec, digits, monkeypatch):
+    """The scaler's inf/NaN check is the one extra read of a step: 6 steps, log interval 3."""
+    backend = get_backend(*spec)
+    model = every_state_model(backend, channels=8, dtype="float16")
+    with counted_syncs(monkeypatch, backend) as waits:
+        fit(model, digits, epochs=1, batch_size=BATCH, optimizer=Adam(model.parameters(), lr=1e-3),
+            augment=_augment(), progress=False, log=lambda line: None, log_interval=3, scaler=GradScaler())
+    assert len(waits) <= 6 + 2 + 2, waits
 
 
 @pytest.mark.skipif(CUDA_COUNT < 2, reason="needs two usable CUDA devices for CuPy")

@@ -25,8 +25,9 @@ DOCS = {
             ``$XPCONV_BACKEND``, else ``"numpy"``).
         device : int, str or None, default None
             A GPU index or ``"cuda:N"`` for cupy/torch, ``"cpu"`` otherwise; None: the backend's default.
-        dtype : {"float32", "float64"}, default "float32"
+        dtype : {"float32", "float64", "float16", "bfloat16"}, default "float32"
             {dtype_role}
+            float16 needs a library that has it (not array-api-strict), bfloat16 torch (docs/precision.md).
         """,
     "backend_role": "Where the parameters live and the layer computes:",
     "dtype_role": "Floating dtype of the parameters; inputs must have the same dtype.",
@@ -86,7 +87,7 @@ DOCS = {
                        "an unknown padding string, ``\"same\"`` with a stride other than 1)"),
     "output_size": "``(size + 2 * padding - dilation * (k - 1) - 1) // stride + 1``",
     # -- Raises entries --
-    "bad_backend": "``dtype`` is not float32/float64, or ``backend``/``device`` is unknown",
+    "bad_backend": "``dtype`` is unknown or not available on the backend, or ``backend``/``device`` is unknown",
     "raises_unavailable": """
         xpconv.BackendUnavailableError
             If the backend is not installed or has no usable device.

@@ -7,8 +7,10 @@ or unbatched (C, *spatial), ``weight`` (O, C // groups, *kernel); with ``channel
 The namespace and device come from the inputs, and so do those of every result; the engine's chunking
 policy comes from the inputs' :class:`~xpconv.backends.Backend`.
 
-Dtypes: float32 and float64 only, for every array (float16, bfloat16 and mixed precision are not
-supported yet); nothing is promoted.  Memory: every entry point validates ``max_workspace_bytes`` and asks
+Dtypes: float16, float32 and float64, and bfloat16 where the library has it (torch), the same for every
+array; nothing is promoted.  A float16/bfloat16 convolution runs the engine in that dtype (the library's
+GEMM decides its accumulation: float32 in NumPy's and torch's; docs/precision.md).
+Memory: every entry point validates ``max_workspace_bytes`` and asks
 the inputs' backend once per call for its free memory (:meth:`~xpconv.backends.Backend.free_memory_bytes`);
 the engine raises MemoryError before it allocates a workspace larger than :func:`max_memory_fraction` of it.
 """
@@ -48,7 +50,7 @@ __all__ = ["ALGORITHMS", "REGISTRY", "Algorithm", "AUTO_FLOAT32_BOUND", "ConvCon
            "DEFAULT_MAX_WORKSPACE_BYTES", "DEFAULT_MAX_MEMORY_FRACTION", "SUPPORTED_DTYPES",
            "check_max_workspace_bytes", "max_memory_fraction", "memory_limit", "engine_policy"]
 
-SUPPORTED_DTYPES = ("float32", "float64")
+SUPPORTED_DTYPES = ("float16", "bfloat16", "float32", "float64")
 DEFAULT_MAX_MEMORY_FRACTION = 0.9
 _FRACTION_VARIABLE = "XPCONV_MAX_MEMORY_FRACTION"
 
@@ -120,8 +122,8 @@ def namespace_of(*arrays: Array | None, names: Sequence[str] | None = None) -> A
     supported = _supported_dtypes(xp)
     for name, a in given:
         if a.dtype not in supported:
-            raise TypeError(f"{name} must have a real floating dtype of float32 or float64, got {a.dtype} "
-                            "(float16, bfloat16 and mixed precision are not supported yet)")
+            raise TypeError(f"{name} must have a real floating dtype (float16, float32, float64, or bfloat16 "
+                            f"where the library has it), got {a.dtype}")
         if a.dtype != first.dtype:
             raise TypeError(f"{name} has dtype {a.dtype} but {first_name} has {first.dtype}; "
                             "mixed float dtypes are not promoted silently, cast one of them")
@@ -130,7 +132,7 @@ def namespace_of(*arrays: Array | None, names: Sequence[str] | None = None) -> A
 
 @lru_cache(maxsize=16)
 def _supported_dtypes(xp: Any) -> tuple[Any, ...]:
-    return tuple(getattr(xp, d) for d in SUPPORTED_DTYPES)
+    return tuple(getattr(xp, d) for d in SUPPORTED_DTYPES if hasattr(xp, d))
 
 
 @dataclass

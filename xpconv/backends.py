@@ -43,6 +43,7 @@ __all__ = [
     "BACKEND_NAMES",
     "LIBRARY_NAMES",
     "CPU_CHUNK_BYTES",
+    "FLOAT_DTYPES",
     "available_backends",
     "cuda_device_count",
     "dlpack_device_of",
@@ -59,6 +60,8 @@ __all__ = [
 # On the CPU the engine keeps each chunk of its workspace under this size: a workspace that small stays
 # in the caches and reuses heap pages, which measured faster than one big buffer (docs/benchmarks.md).
 CPU_CHUNK_BYTES = 8 * 2**20
+# The floating dtypes a layer or model may be built in (bfloat16 only where the library has it: torch).
+FLOAT_DTYPES = ("float16", "bfloat16", "float32", "float64")
 _DLPACK_CPU, _DLPACK_CUDA = 1, 2      # DLPack's DLDeviceType codes kDLCPU and kDLCUDA
 
 _default_name: str | None = None
@@ -214,11 +217,18 @@ class Backend:
         return self.asarray(x, dtype)
 
     def dtype(self, name: Any) -> Any:
-        """The floating dtype called ``name`` ("float32"/"float64") in this namespace."""
+        """The floating dtype called ``name`` (one of :data:`FLOAT_DTYPES`) in this namespace.
+
+        ValueError for another name, and for ``"bfloat16"`` where the library has none (NumPy, CuPy,
+        array-api-strict): of the supported libraries only torch has it.
+        """
         if not isinstance(name, str):
             return name
-        if name not in ("float32", "float64"):
-            raise ValueError(f"dtype must be 'float32' or 'float64', got {name!r}")
+        if name not in FLOAT_DTYPES:
+            raise ValueError(f"dtype must be one of {', '.join(map(repr, FLOAT_DTYPES))}, got {name!r}")
+        if not hasattr(self.xp, name):
+            raise ValueError(f"dtype {name!r} is not available on the {self.name} backend ({self.module} has no "
+                             f"{name}); use the torch backend for it, or float16")
         return getattr(self.xp, name)
 
     @staticmethod
@@ -442,7 +452,11 @@ class TorchBackend(Backend):
 
     @staticmethod
     def to_numpy(x: Array) -> np.ndarray:
-        return x.detach().cpu().numpy()
+        """A host copy; a bfloat16 tensor comes as float32 (exact: NumPy has no bfloat16)."""
+        import torch
+
+        x = x.detach()
+        return (x.float() if x.dtype == torch.bfloat16 else x).cpu().numpy()
 
     def activate(self) -> AbstractContextManager[Any]:
         if not self.is_gpu:

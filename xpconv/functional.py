@@ -49,7 +49,8 @@ _CONV_BODY = """
     Parameters
     ----------
     x : array
-        Input, ``(N, C, *spatial)`` or unbatched ``(C, *spatial)``; float32 or float64.
+        Input, ``(N, C, *spatial)`` or unbatched ``(C, *spatial)``; float32, float64, float16 or (torch)
+        bfloat16.
     weight : array
         Kernel, ``(O, C // groups, *kernel)``; same library, device and dtype as ``x``.
     bias : array or None, default None
@@ -70,7 +71,7 @@ _CONV_BODY = """
     ------
     TypeError
         If an argument is not a NumPy, CuPy, torch or array-api-strict array, the arrays come from
-        different libraries, a dtype is not float32 or float64 (float16 and bfloat16 are not supported),
+        different libraries, a dtype is not a supported floating one,
         or the dtypes differ (nothing is promoted); also if a tuple of ``stride``/``padding``/``dilation``
         holds a non-int.
     ValueError

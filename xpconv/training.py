@@ -27,6 +27,7 @@ import numpy as np
 
 from ._namespace import namespace
 from ._typing import Array
+from .amp import GradScaler
 from .backends import Backend, to_numpy
 from .data import Compose, DataLoader, Dataset
 from .distributed import Communicator, allreduce_gradients, average_buffers, broadcast_state
@@ -226,7 +227,8 @@ def fit(model: Module, data: Dataset, *, epochs: int, batch_size: int, optimizer
         log: Callable[[str], object] = print, resume: dict[str, Any] | None = None,
         on_checkpoint: Callable[[dict[str, Any]], object] | None = None,
         stop: StopRequest | None = None, log_interval: int | None = None,
-        comm: Communicator | None = None, clip_grad_norm: float | None = None) -> History:
+        comm: Communicator | None = None, clip_grad_norm: float | None = None,
+        scaler: GradScaler | None = None) -> History:
     """Train ``model`` on ``data``, evaluating on its test split after every epoch; returns the :class:`History`.
 
     Parameters
@@ -268,6 +270,10 @@ def fit(model: Module, data: Dataset, *, epochs: int, batch_size: int, optimizer
     clip_grad_norm : float or None
         Scale the gradients to a total 2-norm of at most this before every optimizer step
         (:func:`xpconv.nn.utils.clip_grad_norm_`, on the device: no wait); None: no clipping.
+    scaler : GradScaler or None
+        Dynamic loss scaling for a float16 model (:mod:`xpconv.amp`): the loss gradient is scaled, the gradients
+        unscaled (before clipping) and checked, and a step with inf/NaN gradients is skipped; its state goes
+        into the progress record.  None: no scaling.
     comm : Communicator or None
         Data parallelism (:mod:`xpconv.distributed`): rank 0's weights are broadcast first, ``batch_size`` is
         per rank, each rank trains on its part of every global batch of ``comm.size * batch_size`` images,
@@ -299,6 +305,7 @@ def fit(model: Module, data: Dataset, *, epochs: int, batch_size: int, optimizer
                         backend=model.backend, dtype=model.dtype_name, transform=augment,
                         prefetch=1 if model.backend.is_gpu else 0, num_replicas=comm.size, rank=comm.rank)
     loss_fn = CrossEntropyLoss() if loss_fn is None else loss_fn
+    scaler = GradScaler(enabled=False) if scaler is None else scaler
     history, start_epoch, start_batch, sums = History(), 0, 0, [0.0, 0, 0]
     if resume is not None:
         try:
@@ -310,6 +317,7 @@ def fit(model: Module, data: Dataset, *, epochs: int, batch_size: int, optimizer
             if augment is not None:
                 augment.load_state_dict(resume["augment"])
             _set_generator_states(model, resume["generators"])
+            scaler.load_state_dict(resume.get("scaler", {}))
         except (KeyError, TypeError, IndexError) as exc:
             raise ValueError(f"the resume record is incomplete ({exc!r})") from None
         if not 0 <= start_epoch <= epochs or not 0 <= start_batch <= len(loader):
@@ -319,7 +327,7 @@ def fit(model: Module, data: Dataset, *, epochs: int, batch_size: int, optimizer
     def record(epoch: int, batch: int, start: tuple[dict[str, Any], dict[str, Any] | None]) -> dict[str, Any]:
         return {"epoch": epoch, "batch": batch, "loader": start[0], "augment": start[1], "sums": list(sums),
                 "generators": {k: m.random_state() for k, m in _generators(model).items()},  # type: ignore[attr-defined]
-                "history": history.as_dict()}
+                "history": history.as_dict(), "scaler": scaler.state_dict()}
 
     def here() -> tuple[dict[str, Any], dict[str, Any] | None]:
         return loader.state_dict(), None if augment is None else augment.state_dict()
@@ -352,7 +360,8 @@ def fit(model: Module, data: Dataset, *, epochs: int, batch_size: int, optimizer
                         _check_labels(loader.y, logits.shape[1], "training")
                     loss = loss_fn.on_device(logits, yb)
                     optimizer.zero_grad()
-                    model.backward(loss_fn.backward(share))       # the gradient of the global batch's mean loss
+                    # the gradient of the global batch's mean loss (times the loss scale, with a scaler)
+                    model.backward(loss_fn.backward(scaler.scale(share)))
                     if comm.size > 1:
                         # One message: every rank's gradients, the global batch's loss, whether a rank must stop.
                         global_loss, stops = allreduce_gradients(
@@ -364,9 +373,11 @@ def fit(model: Module, data: Dataset, *, epochs: int, batch_size: int, optimizer
                                                    f"(now {optimizer.lr:.3g})")
                     else:
                         stops = stopped()
+                    scaler.unscale_(optimizer)
                     if clip_grad_norm is not None:
                         clip_grad_norm_(params, clip_grad_norm)
-                    optimizer.step()
+                    scaler.step(optimizer)                        # skipped on inf/NaN gradients (with a scaler)
+                    scaler.update()
                 if scheduler is not None:
                     scheduler.step()
                 if xb.shape[0]:

@@ -14,6 +14,7 @@ from typing import Any
 
 from .. import __version__, io
 from ..allocator import keep_freed_memory
+from ..amp import GradScaler
 from ..backends import BACKEND_NAMES, get_backend
 from ..checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from ..data import DATASETS, augmentation, load_dataset
@@ -35,15 +36,16 @@ from ..validation import check_real, cli_type, non_negative_int, positive_int, p
 from .errors import guarded
 from .paths import check_outputs
 
-__all__ = ["register", "MODEL_DEFAULTS", "DIVERGED_STATUS"]
+__all__ = ["register", "MODEL_DEFAULTS", "DIVERGED_STATUS", "PRECISIONS"]
 
 DIVERGED_STATUS = 3   # the exit status of a run whose loss became NaN or infinite
 
 # Per-model defaults of the training flags (docs/training.md explains each choice).
 _SMALL = dict(optimizer="adam", lr=None, batch_size=32, weight_decay=0.0, lr_schedule="cosine", warmup_epochs=0,
-              label_smoothing=0.0, clip_grad_norm=None, augment=False)
+              label_smoothing=0.0, clip_grad_norm=None, augment=False, precision="float32")
 _RESNET = dict(optimizer="sgd", lr=0.1, batch_size=128, weight_decay=1e-4, lr_schedule="cosine", warmup_epochs=1,
-               label_smoothing=0.0, clip_grad_norm=None, augment=True)
+               label_smoothing=0.0, clip_grad_norm=None, augment=True, precision="float32")
+PRECISIONS = ("float32", "float16", "bfloat16")
 MODEL_DEFAULTS: dict[str, dict[str, Any]] = {
     "small_cnn": _SMALL, "lenet5": _SMALL | dict(batch_size=64, augment=True),
     "resnet20": _RESNET, "resnet32": _RESNET, "resnet56": _RESNET}
@@ -146,7 +148,7 @@ def _train(args, comm: Communicator) -> int:
     else:
         shape = {"image_size": size} if config["model"] == "small_cnn" else {}   # the others fix their input size
         model = MODELS[config["model"]](in_channels=channels, num_classes=data.num_classes, backend=backend,
-                                        seed=config["seed"], **shape)
+                                        seed=config["seed"], dtype=config["precision"], **shape)
     optimizer = make_optimizer(config["optimizer"], model.parameters(), config["lr"], config["weight_decay"])
     steps_per_epoch = math.ceil(len(data.x_train) / (config["batch_size"] * comm.size))
     scheduler = make_scheduler(config["lr_schedule"], optimizer, config["epochs"] * steps_per_epoch,
@@ -157,6 +159,8 @@ def _train(args, comm: Communicator) -> int:
             raise ValueError(f"{args.resume}: the checkpoint's learning-rate schedule does not fit its configuration")
         if scheduler is not None and resumed.scheduler is not None:
             scheduler.load_state_dict(resumed.scheduler)
+    # float16 needs loss scaling; bfloat16 has float32's range and trains without it, as in torch
+    scaler = GradScaler(enabled=config.get("precision") == "float16")
     # Each rank draws its own crops and flips (rank 0 those of a single process).
     augment = augmentation(config["dataset"], seed=config["seed"] + comm.rank) if config["augment"] else None
 
@@ -170,7 +174,7 @@ def _train(args, comm: Communicator) -> int:
     say(f"{'resuming' if resumed else 'training'} {config['model']} on {config['dataset']} "
         f"({len(data.x_train)} train / {len(data.x_test)} test images) with {config['optimizer']} lr "
         f"{config['lr']:g} ({config['lr_schedule']}), batch {config['batch_size']}{ranks}, {config['epochs']} "
-        f"epochs, {where}, seed {config['seed']}")
+        f"epochs, {where}, {config.get('precision', 'float32')}, seed {config['seed']}")
     comm.barrier()           # every rank has loaded its data: from here the collectives' cost is the training's
     comm.bytes_reduced, comm.seconds = 0, 0.0
     try:
@@ -180,7 +184,7 @@ def _train(args, comm: Communicator) -> int:
                           augment=augment, seed=config["seed"], progress=None if lead else False, log=say,
                           resume=resumed.progress if resumed else None,
                           on_checkpoint=write_checkpoint if checkpoint_path and lead else None, stop=stop, comm=comm,
-                          clip_grad_norm=config.get("clip_grad_norm"))
+                          clip_grad_norm=config.get("clip_grad_norm"), scaler=scaler)
     except TrainingDiverged as exc:                  # on every rank at the same step: the loss is the global one
         if lead:
             print(f"xpconv train: error: {exc}; nothing was saved", file=sys.stderr)
@@ -269,6 +273,9 @@ def register(subparsers) -> None:
     p.add_argument("--label-smoothing", type=cli_type(_fraction, float), default=None)
     p.add_argument("--clip-grad-norm", type=cli_type(positive_real, float), default=None, metavar="MAX",
                    help="scale the gradients to a total 2-norm of at most MAX every step (default: no clipping)")
+    p.add_argument("--precision", choices=PRECISIONS, default=None,
+                   help="the model's dtype: float16 trains with float32 master weights and dynamic loss scaling, "
+                   "bfloat16 (torch only) with float32 master weights (default: float32; docs/precision.md)")
     p.add_argument("--augment", action=argparse.BooleanOptionalAction, default=None,
                    help="random crops and flips (default: on for the resnets)")
     p.add_argument("--seed", type=cli_type(non_negative_int), default=None,

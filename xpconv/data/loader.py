@@ -115,7 +115,7 @@ class DataLoader:
         Seed of :attr:`generator`, which draws every epoch's order.
     backend, device
         Where batches go (:func:`xpconv.get_backend`).
-    dtype : {"float32", "float64"}, default "float32"
+    dtype : {"float32", "float64", "float16", "bfloat16"}, default "float32"
     drop_last : bool, default False
         Drop a last, smaller batch.
     transform : callable or None, default None

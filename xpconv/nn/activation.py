@@ -17,6 +17,7 @@ from array_api_compat import device
 from .._docstrings import STATELESS, fill_doc
 from .._ops import namespace_of
 from .._typing import Array
+from ..amp import master_dtype
 from ..validation import check_int, check_real
 from .module import Module
 
@@ -51,8 +52,9 @@ def _rational(t: Array, num: tuple[float, ...], den: tuple[float, ...]) -> Array
 def erf(x: Array) -> Array:
     """The error function ``2/sqrt(pi) * integral_0^x exp(-t^2) dt``, elementwise, in pure Array API.
 
-    W. J. Cody's rational approximations (relative error below 1e-16 in float64); ``x``'s dtype is kept,
-    NaN stays NaN and ``erf(+-inf) = +-1``.
+    W. J. Cody's rational approximations (relative error below 1e-16 in float64); ``x``'s dtype is kept
+    (float16/bfloat16 are computed in float32: the coefficients overflow float16), NaN stays NaN and
+    ``erf(+-inf) = +-1``.
 
     Parameters
     ----------
@@ -78,6 +80,7 @@ def erf(x: Array) -> Array:
     True
     """
     xp = namespace_of(x, names=["x"])
+    dtype, x = x.dtype, xp.astype(x, master_dtype(xp, x.dtype), copy=False)
     y = xp.abs(x)
     ys = xp.clip(y, max=_ERF_SMALL)
     small = ys * _rational(ys * ys, _ERF_A, _ERF_B)                              # erf, |x| <= 0.46875
@@ -92,7 +95,7 @@ def erf(x: Array) -> Array:
     erfc = xp.exp(-r * r) * xp.exp(-(yc - r) * (yc + r)) * tail
     erfc = xp.where(y > _ERFC_ZERO, xp.zeros_like(erfc), erfc)
     out = xp.where(y <= _ERF_SMALL, small, 1.0 - erfc)
-    return xp.where(x < 0, -out, out)
+    return xp.astype(xp.where(x < 0, -out, out), dtype, copy=False)
 
 
 _LAYER_DOC = """
@@ -276,7 +279,9 @@ class ELU(_ShapePreserving):
 
 
 _GELU_BETA, _GELU_KAPPA = math.sqrt(2.0 / math.pi), 0.044715
-_GELU_TANH_CLIP = 1e4      # |x| beyond which tanh(beta (x + kappa x^3)) is +-1; keeps x^3 finite in float32
+# |x| beyond which tanh(beta (x + kappa x^3)) is +-1 (the argument is ~987 at 30; tanh is 1 in float64 from ~19)
+# and the slope's second term 0; keeps x^3 finite in float16 (27 000 < 65 504) and every wider dtype.
+_GELU_TANH_CLIP = 30.0
 
 
 @_layer_doc(params="""

@@ -21,6 +21,7 @@ from .._docstrings import fill_doc
 from .._namespace import namespace
 from .._ops import namespace_of
 from .._typing import Array
+from ..amp import master_dtype
 from ..backends import Backend, is_host_data, library_of
 from ..validation import check_real
 
@@ -46,15 +47,17 @@ _LOSS_DOC = {
 class _Loss:
     """Reduction handling and the backward cache: ``_compute`` returns the per-item loss and its factor.
 
-    The cache is ``(factor, loss_shape, denominator)``: dL/dinput = factor * grad_output (broadcast from
-    the loss's shape, padded with trailing unit axes) / denominator.
+    The cache is ``(factor, loss_shape, denominator, dtype)``: dL/dinput = factor * grad_output (broadcast from
+    the loss's shape, padded with trailing unit axes) / denominator, in the input's ``dtype`` (the factor may
+    be wider: CrossEntropyLoss computes float16/bfloat16 logits in float32, so a :class:`~xpconv.amp.GradScaler`'s
+    scale multiplies it before it is rounded to float16).
     """
 
     def __init__(self, reduction: str) -> None:
         if reduction not in _REDUCTIONS:
             raise ValueError(f"reduction must be one of {_REDUCTIONS}, got {reduction!r}")
         self.reduction = reduction
-        self._cache: tuple[Array, tuple[int, ...], Any] | None = None   # denominator: float or 0-d array
+        self._cache: tuple[Array, tuple[int, ...], Any, Any] | None = None   # denominator: float or 0-d array
 
     def _compute(self, input: Array, target: Any) -> tuple[Array, Array, Array | None]:  # pragma: no cover
         """(per-item loss, dloss/dinput factor, per-item weight for the mean or None) for validated inputs."""
@@ -79,7 +82,7 @@ class _Loss:
             loss, factor, weights = self._compute(input, target)
             xp = namespace(loss)
             if self.reduction == "none":
-                self._cache = (factor, tuple(loss.shape), 1.0)
+                self._cache = (factor, tuple(loss.shape), 1.0, input.dtype)
                 return loss
             total = xp.sum(loss)
             denominator: Any = 1.0
@@ -89,7 +92,7 @@ class _Loss:
                 else:
                     denominator = xp.sum(weights)
                     denominator = xp.where(denominator == 0, xp.full_like(denominator, math.nan), denominator)
-            self._cache = (factor, (), denominator)
+            self._cache = (factor, (), denominator, input.dtype)
             return total / denominator
 
     def backward(self, grad_output: Any = None) -> Array:
@@ -97,9 +100,10 @@ class _Loss:
         if self._cache is None:
             raise RuntimeError(f"{type(self).__name__}.backward() needs a preceding loss_fn(input, target); "
                                "the cache is cleared after each backward")
-        factor, loss_shape, denominator = self._cache
+        factor, loss_shape, denominator, dtype = self._cache
         with _on_device_of(factor):
-            return self._backward(factor, loss_shape, denominator, grad_output)
+            grad = self._backward(factor, loss_shape, denominator, grad_output)
+            return namespace(grad).astype(grad, dtype, copy=False)
 
     def _backward(self, factor: Array, loss_shape: tuple[int, ...], denominator: Any, grad_output: Any) -> Array:
         xp = namespace(factor)
@@ -223,6 +227,7 @@ class CrossEntropyLoss(_Loss):
         xp = namespace_of(logits, names=["logits"])
         if logits.ndim != 2 or logits.shape[1] == 0:
             raise ValueError(f"logits must have shape (N, C) with C >= 1, got {tuple(logits.shape)}")
+        logits = xp.astype(logits, master_dtype(xp, logits.dtype), copy=False)   # float16/bfloat16: in float32
         n, c = logits.shape
         labels, checked = _labels_like(logits, labels, n, c)
         z = logits - xp.max(logits, axis=1, keepdims=True)

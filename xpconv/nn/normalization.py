@@ -7,6 +7,10 @@ an optional elementwise affine map ``y = x_hat * weight + bias``:
     GroupNorm   x (N, C, *s)   statistics per sample and group of C/G channels  weight, bias (C,)
 Backward, with g = dL/dy * weight and means over the same axes:
 ``dL/dx = (g - mean(g) - x_hat * mean(g * x_hat)) / sqrt(var + eps)``.
+
+Mixed precision (docs/precision.md): a layer built with ``dtype="float16"`` or ``"bfloat16"`` takes and returns
+that dtype but keeps its parameters and running statistics in float32 and computes in float32, as cuDNN's
+batch normalization does with half inputs.
 """
 from __future__ import annotations
 
@@ -17,6 +21,7 @@ import numpy as np
 from .._docstrings import fill_doc
 from .._ops import namespace_of
 from .._typing import Array
+from ..amp import master_dtype
 from ..validation import check_real, int_tuple, positive_int, positive_real
 from .init import claim_elements
 from .module import Module, Parameter
@@ -54,8 +59,25 @@ class _Normalization(Module):
     def _make_affine(self, shape: tuple[int, ...], weight: bool, bias: bool) -> None:
         """``weight`` (ones) and ``bias`` (zeros) of ``shape``, each None when not wanted."""
         claim_elements(self, *[shape] * (int(weight) + int(bias)))
-        self.weight = Parameter(self.backend.asarray(np.ones(shape), dtype=self.dtype)) if weight else None
-        self.bias = Parameter(self.backend.asarray(np.zeros(shape), dtype=self.dtype)) if bias else None
+        self.weight = Parameter(self.backend.asarray(np.ones(shape), dtype=self.stats_dtype)) if weight else None
+        self.bias = Parameter(self.backend.asarray(np.zeros(shape), dtype=self.stats_dtype)) if bias else None
+
+    @property
+    def stats_dtype(self):
+        """The dtype of the parameters, running statistics and arithmetic: float32 for a float16/bfloat16
+        layer, the layer's dtype otherwise."""
+        return master_dtype(self.backend.xp, self.dtype)
+
+    def _widened(self, x, name: str, arrays: dict):
+        """(xp, ``x`` in its :func:`~xpconv.amp.master_dtype`), checked against the layer's ``arrays``: a
+        float16/bfloat16 ``x`` must have the layer's own dtype (nothing is promoted silently)."""
+        xp = namespace_of(x, names=[name])
+        wide = xp.astype(x, master_dtype(xp, x.dtype), copy=False)
+        namespace_of(wide, *arrays.values(), names=[name, *arrays])
+        if wide.dtype != x.dtype and x.dtype != self.dtype:
+            raise TypeError(f"{name} has dtype {x.dtype} but {type(self).__name__} was built for {self.dtype_name}; "
+                            "mixed float dtypes are not promoted silently, cast one of them")
+        return xp, wide
 
     def _arrays(self) -> dict[str, Array | None]:
         """The layer's arrays an input must match (library, device, dtype)."""
@@ -69,8 +91,8 @@ class _Normalization(Module):
 
         {layer_forward}
         """
-        arrays = self._arrays()
-        xp = namespace_of(x, *arrays.values(), names=["x", *arrays])
+        xp, wide = self._widened(x, "x", self._arrays())
+        dtype, x = x.dtype, wide
         self._check_input(x)
         x_hat, inv_std, view = self._standardize(xp, x)
         shape = self._param_shape(x)
@@ -80,7 +102,7 @@ class _Normalization(Module):
             y = y * xp.reshape(self.weight.data, shape)
         if self.bias is not None:
             y = y + xp.reshape(self.bias.data, shape)
-        return y
+        return xp.astype(y, dtype, copy=False)
 
     @fill_doc()
     def backward(self, grad_output):
@@ -89,7 +111,8 @@ class _Normalization(Module):
         {layer_backward}
         """
         x_hat, inv_std, view, shape = self._need_cache(self._cache)
-        xp = namespace_of(grad_output, x_hat, names=["grad_output", "x"])
+        xp, wide = self._widened(grad_output, "grad_output", {"x": x_hat})
+        dtype, grad_output = grad_output.dtype, wide
         self._check_grad_shape(grad_output, tuple(x_hat.shape))
         self._cache = None
         summed = tuple(i for i, s in enumerate(shape) if s == 1)        # the axes the parameters do not vary on
@@ -102,7 +125,8 @@ class _Normalization(Module):
         if view is not None:
             g, x_hat = xp.reshape(g, view), xp.reshape(x_hat, view)
         mean_g, mean_gx = self._grad_means(xp, g, x_hat, self._axes(x_hat))
-        return xp.reshape(inv_std * (g - mean_g - x_hat * mean_gx), tuple(grad_output.shape))
+        return xp.astype(xp.reshape(inv_std * (g - mean_g - x_hat * mean_gx), tuple(grad_output.shape)), dtype,
+                         copy=False)
 
     def _grad_means(self, xp, g, x_hat, axes: tuple[int, ...]):
         """(mean(g), mean(g * x_hat)) over the statistics' ``axes``, kept as size-1 axes."""
@@ -142,8 +166,10 @@ class _BatchNorm(_Normalization):
         track = self.track_running_stats
         if track:
             claim_elements(self, (c,), (c,), ())
-        self.register_buffer("running_mean", self.backend.asarray(np.zeros(c), dtype=self.dtype) if track else None)
-        self.register_buffer("running_var", self.backend.asarray(np.ones(c), dtype=self.dtype) if track else None)
+        self.register_buffer("running_mean", self.backend.asarray(np.zeros(c), dtype=self.stats_dtype) if track
+                             else None)
+        self.register_buffer("running_var", self.backend.asarray(np.ones(c), dtype=self.stats_dtype) if track
+                             else None)
         self.register_buffer("num_batches_tracked",
                              self.backend.asarray(np.zeros((), dtype=np.int64)) if track else None)
 
@@ -194,7 +220,8 @@ class _BatchNorm(_Normalization):
         {layer_backward}
         """
         x_hat, inv_std, _, shape = self._need_cache(self._cache)
-        xp = namespace_of(grad_output, x_hat, names=["grad_output", "x"])
+        xp, wide = self._widened(grad_output, "grad_output", {"x": x_hat})
+        dtype, grad_output = grad_output.dtype, wide
         self._check_grad_shape(grad_output, tuple(x_hat.shape))
         self._cache = None
         axes = self._axes(x_hat)
@@ -205,8 +232,9 @@ class _BatchNorm(_Normalization):
             self.weight.grad += sum_gx
         sum_g, sum_gx, count = self._global_sums(xp, sum_g, sum_gx, math.prod(x_hat.shape) // self.num_features)
         scale = inv_std if self.weight is None else inv_std * xp.reshape(self.weight.data, shape)
-        return ((grad_output - x_hat * xp.reshape(sum_gx / count, shape)) * scale
-                - xp.reshape(sum_g / count, shape) * scale)
+        grad_input = ((grad_output - x_hat * xp.reshape(sum_gx / count, shape)) * scale
+                      - xp.reshape(sum_g / count, shape) * scale)
+        return xp.astype(grad_input, dtype, copy=False)
 
     def _global_sums(self, xp, sum_g, sum_gx, count: int):
         """(sum of dL/dy, sum of dL/dy * x_hat, values per channel) over the batch the statistics came from."""
@@ -263,7 +291,9 @@ _BATCHNORM_DOC = """y = (x - mean) / sqrt(var + eps) * weight + bias per channel
     TypeError
         If ``eps`` or ``momentum`` is not a real number (or None for ``momentum``).
 """
-_BN_ROLE = "Floating dtype of the parameters and running statistics; inputs must have the same dtype."
+_BN_ROLE = ("Floating dtype of the inputs and outputs, and of the parameters and running statistics (float32 for "
+            "a float16/bfloat16 layer).")
+_NORM_ROLE = "Floating dtype of the inputs, outputs and parameters (float32 parameters for a float16/bfloat16 layer)."
 
 
 @fill_doc(body=_BATCHNORM_DOC, nd="1", shape="(N, C) or (N, C, L)", over="N (and L)", dtype_role=_BN_ROLE)
@@ -425,7 +455,7 @@ class SyncBatchNorm(_BatchNorm):
 
 
 # -- LayerNorm and GroupNorm --------------------------------------------------------------------------
-@fill_doc()
+@fill_doc(dtype_role=_NORM_ROLE)
 class LayerNorm(_Normalization):
     """y = (x - mean) / sqrt(var + eps) * weight + bias over the last ``len(normalized_shape)`` axes.
 
@@ -499,7 +529,7 @@ class LayerNorm(_Normalization):
         return f"{self.normalized_shape}, eps={self.eps}, elementwise_affine={self.elementwise_affine}"
 
 
-@fill_doc()
+@fill_doc(dtype_role=_NORM_ROLE)
 class GroupNorm(_Normalization):
     """y = (x - mean) / sqrt(var + eps) * weight + bias, statistics per sample and group of channels.
 

@@ -11,7 +11,8 @@ modified); later updates change that array, which the optimizer made, in place, 
 makes five temporaries per parameter and step, and no new parameter array.  Measured as aten ops on torch
 CPU (tests/op_counts.py): an Adam step is 12 kernel launches per parameter, SGD with momentum 4.
 :meth:`Optimizer.state_dict` has torch's layout with host NumPy copies, so a state saved on one backend loads
-on any other.
+on any other.  A float16/bfloat16 parameter is updated through a float32 master copy (state ``"master_param"``),
+with float32 moments (docs/precision.md).
 """
 from __future__ import annotations
 
@@ -25,6 +26,7 @@ from array_api_compat import device
 from .._docstrings import fill_doc
 from .._namespace import namespace
 from .._typing import Array
+from ..amp import master_dtype
 from ..backends import Backend, to_numpy
 from ..nn.module import Parameter
 from ..validation import check_int, check_real
@@ -155,7 +157,13 @@ class Optimizer:
                     p.grad = namespace(p.data).zeros_like(p.data)
 
     def step(self) -> None:
-        """Update every parameter from its ``.grad``; ValueError if a gradient's shape differs from its parameter's."""
+        """Update every parameter from its ``.grad``; ValueError if a gradient's shape differs from its parameter's.
+
+        A float16/bfloat16 parameter is updated through its float32 master copy (state ``"master_param"``,
+        made from ``p.data`` at its first step and whenever ``p.data`` was set from outside since): the
+        gradient is taken in float32, the master and the moments are updated in float32, and ``p.data``
+        becomes the master rounded to the parameter's dtype (docs/precision.md).
+        """
         for group in self.param_groups:
             for p in group["params"]:
                 data, grad = p.data, p.grad
@@ -165,9 +173,19 @@ class Optimizer:
                 state = self.state.setdefault(p, {})
                 owned = self._made.get(p) is data
                 with Backend.from_array(data).activate():     # the state is allocated on the parameter's device
-                    _follow(data, state)
-                    p.data = self._made[p] = self._update(namespace(data, grad), data, grad, state, group,
-                                                          owned)
+                    xp = namespace(data, grad)
+                    wide = master_dtype(xp, data.dtype)
+                    if wide == data.dtype:
+                        _follow(data, state)
+                        p.data = self._made[p] = self._update(xp, data, grad, state, group, owned)
+                        continue
+                    if not owned or "master_param" not in state:
+                        state["master_param"] = xp.astype(data, wide)
+                    _follow(state["master_param"], state)
+                    master = self._update(xp, state["master_param"], xp.astype(grad, wide, copy=False), state,
+                                          group, True)
+                    state["master_param"] = master
+                    p.data = self._made[p] = xp.astype(master, data.dtype)
 
     def _update(self, xp: Any, param: Array, grad: Array, state: dict[str, Any], group: dict[str, Any],
                 owned: bool) -> Array:  # pragma: no cover - every optimizer overrides it
@@ -227,14 +245,21 @@ class Optimizer:
             group.clear()
             group.update(new)
         self.state = state
+        for p, entries in state.items():
+            if "master_param" in entries:    # the loaded master goes with the parameter's present data
+                self._made[p] = p.data
 
     def _loaded_state(self, index: int, entries: Any, data: Array, group: dict[str, Any]) -> dict[str, Any]:
         """One parameter's saved state, checked and copied onto ``data``'s backend, device and dtype."""
         expected = set(self._state_keys(group))
+        backend = Backend.from_array(data)
+        wide = master_dtype(backend.xp, data.dtype)
+        if wide != data.dtype:
+            expected.add("master_param")
         if not isinstance(entries, Mapping) or (entries and set(entries) != expected):
             raise ValueError(f"state of parameter {index} must have the entries {sorted(expected)}, got "
                              f"{sorted(entries) if isinstance(entries, Mapping) else type(entries).__name__}")
-        backend, out = Backend.from_array(data), {}
+        out = {}
         for name, value in entries.items():
             if name == "step":
                 out[name] = check_int(f"state[{index}]['step']", value, 0)
@@ -245,7 +270,7 @@ class Optimizer:
                                  f"{tuple(data.shape)}")
             if host.dtype.kind != "f":
                 raise ValueError(f"state[{index}][{name!r}] has non-floating dtype {host.dtype}")
-            out[name] = backend.asarray(host, dtype=data.dtype)
+            out[name] = backend.asarray(host, dtype=wide)
         return out
 
     def _state_keys(self, group: dict[str, Any]) -> tuple[str, ...]:
@@ -350,6 +375,9 @@ class SGD(Optimizer):
             g = g + momentum * buf if group["nesterov"] else buf
         return _subtract(param, lr * g, owned)
 
+    def _state_keys(self, group: dict[str, Any]) -> tuple[str, ...]:
+        return self.state_keys if group["momentum"] else ()
+
 
 @fill_doc(**_DOCS)
 class Adam(Optimizer):
@@ -433,7 +461,7 @@ class Adam(Optimizer):
                 param, owned = param * (1.0 - lr * weight_decay), True
         elif weight_decay:
             grad = grad + weight_decay * param
-        if not state:
+        if "step" not in state:
             state.update(step=0, exp_avg=xp.zeros_like(param), exp_avg_sq=xp.zeros_like(param))
             if group["amsgrad"]:
                 state["max_exp_avg_sq"] = xp.zeros_like(param)
