@@ -140,3 +140,14 @@ def test_bench_autotune_reports_what_auto_timed_and_chose(tmp_path, capsys):
         assert f"auto chose: {TINY} {chose[TINY]}, {stride2} im2col" in capsys.readouterr().out
     finally:
         xpconv.clear_autotune_cache()
+
+
+def test_an_algorithm_that_refuses_a_layer_is_left_out_with_the_reason(tmp_path, capsys):
+    """FFT's kernel transform over a small workspace cap: its rows are left out and stderr says why; im2col runs."""
+    out = tmp_path / "bench.json"
+    assert main(["bench", "--backends", "numpy", "--algorithms", "im2col,fft", "--layers", "3,4,9x9,4,3,1,1",
+                 "--max-workspace-bytes", "8000", "--repeats", "1", "--warmup", "0", "--json", str(out),
+                 "--no-progress"]) == 0
+    backends = {r["backend"] for r in json.loads(out.read_text())["results"]}
+    assert backends == {"numpy:im2col"}
+    assert "numpy:fft skipped on" in capsys.readouterr().err
