@@ -94,8 +94,8 @@ def choose_algorithm(algorithm: object, geom: ConvGeometry, channels: int | None
 
     ``"im2col"`` (any geometry), ``"winograd"`` (F(2x2, 3x3): 2-D 3x3 stride-1 dilation-1 kernels) and
     ``"direct"`` (depthwise: one input channel per group) are taken as asked; ValueError when the algorithm
-    cannot do ``geom``, naming why, or for an unknown name.  ``"auto"`` is im2col: Winograd measured no clear
-    win on the suite's layers (docs/algorithms.md).
+    cannot do ``geom``, naming why, or for an unknown name.  ``"auto"`` is im2col: Winograd and direct measured
+    no clear win on the suite's layers (docs/algorithms.md).
     """
     if algorithm not in ALGORITHMS:
         raise ValueError(f"algorithm must be one of {', '.join(map(repr, ALGORITHMS))}, got {algorithm!r}")
