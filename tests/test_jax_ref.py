@@ -3,6 +3,7 @@ timed calls return the same values in float32, and the bench table carries a jax
 from __future__ import annotations
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -98,5 +99,23 @@ def test_bench_model_has_a_jax_ref_row(capsys):
     rc = main(["bench", "--model", "resnet20", "--backends", "numpy,jax-ref", "--batch-size", "2", "--steps", "1",
                "--warmup", "1", "--threads", "1"])
     assert rc == 0
-    row = next(line for line in capsys.readouterr().out.splitlines() if "| jax-ref |" in line)
+    lines = capsys.readouterr().out.splitlines()
+    assert "XLA CPU threads all" in lines[0] and "(JAX was imported before XLA_FLAGS could be set)" in lines[0]
+    row = next(line for line in lines if "| jax-ref |" in line)
     assert float(row.split("|")[6]) > 0                                              # images/s
+
+
+def test_xla_threads_are_set_before_jax_is_imported(monkeypatch):
+    """One thread: XLA's single-thread flags appended to the user's, only while JAX is not imported yet."""
+    import sys
+
+    from xpconv.bench.environment import set_xla_threads
+
+    monkeypatch.setenv("XLA_FLAGS", "--xla_dump_to=/nowhere")
+    assert set_xla_threads(1, 2).endswith("(JAX was imported before XLA_FLAGS could be set)")
+    assert set_xla_threads(2, 2) == "all 2 CPUs" and set_xla_threads(3, 4).endswith("no setting for 3 threads)")
+    assert os.environ["XLA_FLAGS"] == "--xla_dump_to=/nowhere"
+    monkeypatch.delitem(sys.modules, "jax")
+    assert set_xla_threads(1, 2) == "1"
+    assert os.environ["XLA_FLAGS"] == ("--xla_dump_to=/nowhere --xla_cpu_multi_thread_eigen=false "
+                                       "intra_op_parallelism_threads=1")

@@ -114,7 +114,7 @@ def run(args) -> int:
     if args.model:
         from .model_step import run_model
 
-        return run_model(args, threads)
+        return run_model(args, threads, xla_threads)
     cap = DEFAULT_MAX_WORKSPACE_BYTES if args.max_workspace_bytes is None else args.max_workspace_bytes
     runners, skipped = make_runners(args.backends, args.torch_device, args.algorithms)
     if not runners:

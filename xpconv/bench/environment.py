@@ -35,13 +35,15 @@ def set_threads(threads: int):
 def set_xla_threads(threads: int, cpus: int) -> str:
     """Set XLA's CPU threads for ``jax-ref`` before JAX is imported, as far as XLA allows; returns what JAX's
     CPU work runs on, for the report: ``"1"`` (``$XLA_FLAGS`` gets the single-thread flags), ``"all N CPUs"``
-    (XLA's default, where ``threads`` >= the CPUs), or a statement that it could not be limited."""
-    if threads == 1 and "jax" not in sys.modules:
-        os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {_XLA_ONE_THREAD}".strip()
-        return "1"
+    (XLA's default, where ``threads`` >= the CPUs), or that with the reason it could not be limited."""
     if threads >= cpus:
         return f"all {cpus} CPUs"
-    return f"all {cpus} CPUs (XLA has no setting for {threads} threads)"
+    if threads != 1:
+        return f"all {cpus} CPUs (XLA has no setting for {threads} threads)"
+    if "jax" in sys.modules:
+        return f"all {cpus} CPUs (JAX was imported before XLA_FLAGS could be set)"
+    os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {_XLA_ONE_THREAD}".strip()
+    return "1"
 
 
 def set_tf32(enabled: bool) -> None:

@@ -170,10 +170,11 @@ def model_table(rows) -> str:
     return "\n".join(lines)
 
 
-def run_model(args, threads: int) -> int:
+def run_model(args, threads: int, xla_threads: str | None = None) -> int:
     """``xpconv bench --model``: the environment line, the table, skipped backends; ``--json`` as the suite.
 
-    ``args`` are the bench command's; ``threads``: the BLAS/torch threads to set.
+    ``args`` are the bench command's; ``threads``: the BLAS/torch threads to set; ``xla_threads``: what
+    :func:`~xpconv.bench.environment.set_xla_threads` set, reported where jax-ref runs.
     """
     from . import report
     from .driver import make_runners
@@ -187,6 +188,8 @@ def run_model(args, threads: int) -> int:
     limiter = set_threads(threads)
     env = collect_environment(args.torch_device)
     env["threads"], env["tf32"] = threads, args.tf32
+    if any(r.name == "jax-ref" for r in runners):
+        env["xla_threads"] = xla_threads
     if note := coretype_note():
         print(note, file=sys.stderr)
     try:
