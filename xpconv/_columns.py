@@ -105,7 +105,7 @@ class _Layout:
         if self.batch_inner:
             dy = _swap01(xp, dy)                                            # (O, m, *out), a view
         if self.has_extra_columns:
-            wide = xp.zeros((*dy.shape[:2], *self.grid), dtype=dy.dtype, device=device(dy))
+            wide = xp.zeros((*dy.shape[:2], *self.grid), dtype=dy.dtype, device=dy.device)
             wide[(*_ALL2, *self._crop)] = dy
             dy = wide
         if self.batch_inner:
@@ -179,6 +179,11 @@ class WideLayout(_Layout):
     padded: tuple[int, ...]    # (P_1 + 1, P_2, ..., P_nd)
     offsets: tuple[int, ...]   # per kernel tap, in the weight's (*kernel) order
 
+    @cached_property
+    def tap_steps(self) -> tuple[int, ...]:
+        """Per spatial axis, the elements between two kernel taps in the flattened padded x."""
+        return tuple(d * a for d, a in zip(self.geom.dilation, _axis_steps(self.padded), strict=True))
+
     def columns(self, x, windows=None):
         """x (m, C, *spatial) -> (C, K, m, length), or per sample (m, C, K, length)."""
         return wide_im2col(x, self, windows)
@@ -232,7 +237,7 @@ class GatherLayout(_Layout):
         m = dcols.shape[2] if self.batch_inner else dcols.shape[0]
         lead = (dcols.shape[0],) if self.batch_inner else dcols.shape[:2]      # (C,) or (m, C)
         flat = xp.reshape(dcols, (*lead, -1))
-        flat = xp.concat([flat, xp.zeros((*lead, 1), dtype=dcols.dtype, device=device(dcols))], axis=-1)
+        flat = xp.concat([flat, xp.zeros((*lead, 1), dtype=dcols.dtype, device=dcols.device)], axis=-1)
         _, inverse = self._indices(dcols, m if self.batch_inner else 1)
         terms = xp.take(flat, xp.reshape(inverse, (-1,)), axis=len(lead))
         dx = xp.sum(xp.reshape(terms, (*lead, *inverse.shape)), axis=-1)     # (C, m*P) or (m, C, P)
@@ -321,7 +326,7 @@ def _pad(x, geom: ConvGeometry, padded, batch_inner: bool = False):
     """x (N, C, *spatial) placed at geom's low padding inside zeros (N, C, *padded), or (C, N, *padded)."""
     xp = namespace(x)
     lead = x.shape[:2][::-1] if batch_inner else x.shape[:2]
-    xpad = xp.zeros((*lead, *padded), dtype=x.dtype, device=device(x))
+    xpad = xp.zeros((*lead, *padded), dtype=x.dtype, device=x.device)
     xpad[(*_ALL2, *geom.interior(x.shape[2:]))] = _swap01(xp, x) if batch_inner else x
     return xpad
 
@@ -337,15 +342,14 @@ def wide_im2col(x, layout: WideLayout, windows=None):
     flat = xp.reshape(_pad(x, layout.geom, layout.padded, inner), (*lead, size))
     taps, length = len(layout.offsets), layout.length
     if windows is not None:
-        kernel = layout.geom.kernel
-        steps = tuple(d * a for d, a in zip(layout.geom.dilation, _axis_steps(layout.padded), strict=True))
+        kernel, steps = layout.geom.kernel, layout.tap_steps
         if inner:                                                          # (C, *kernel, N, length)
             view = windows(flat, (lead[0], *kernel, lead[1], length), (lead[1] * size, *steps, size, 1))
             return xp.reshape(view, (lead[0], taps, lead[1], length), copy=True)
         view = windows(flat, (*lead, *kernel, length), (lead[1] * size, size, *steps, 1))
         return xp.reshape(view, (*lead, taps, length), copy=True)
     cols = xp.empty((lead[0], taps, lead[1], length) if inner else (*lead, taps, length),
-                    dtype=x.dtype, device=device(x))
+                    dtype=x.dtype, device=x.device)
     for t, start in enumerate(layout.offsets):
         cols[_wide_tap(t, inner)] = flat[:, :, start:start + length]
     return cols
@@ -357,7 +361,7 @@ def wide_col2im(cols, layout: WideLayout):
     xp = namespace(cols)
     inner = layout.batch_inner
     lead = (cols.shape[0], cols.shape[2]) if inner else cols.shape[:2]
-    flat = xp.zeros((*lead, math.prod(layout.padded)), dtype=cols.dtype, device=device(cols))
+    flat = xp.zeros((*lead, math.prod(layout.padded)), dtype=cols.dtype, device=cols.device)
     length = layout.length
     for t, start in enumerate(layout.offsets):
         flat[:, :, start:start + length] += cols[_wide_tap(t, inner)]
@@ -408,7 +412,7 @@ def im2col(x, geom: ConvGeometry, *, batch_inner: bool = False, windows=None):
         src, windows = _pad(x, geom, padded, batch_inner), replace(geom, padding=((0, 0),) * geom.nd).windows(padded)
     else:
         src = _swap01(xp, x) if batch_inner else x
-    cols = xp.empty((*lead, *out), dtype=x.dtype, device=device(x))
+    cols = xp.empty((*lead, *out), dtype=x.dtype, device=x.device)
     for taps, out_sl, in_sl, _ in windows:
         cols[_tap(taps, out_sl, batch_inner)] = src[(*_ALL2, *in_sl)]
     return cols
@@ -423,7 +427,7 @@ def col2im(cols, geom: ConvGeometry, spatial, *, batch_inner: bool = False):
         if batch_inner:
             return _swap01(xp, xp.reshape(cols, (c, n, *spatial)))
         return xp.reshape(cols, (n, c, *spatial))
-    x = xp.zeros((n, c, *spatial), dtype=cols.dtype, device=device(cols))
+    x = xp.zeros((n, c, *spatial), dtype=cols.dtype, device=cols.device)
     col2im_into(x, slice(None), 0, cols, geom, spatial, batch_inner=batch_inner)
     return x
 

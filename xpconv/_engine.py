@@ -38,8 +38,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from functools import lru_cache
 
-from array_api_compat import device
-
 from ._columns import ExactLayout, Layout, column_layout
 from ._geometry import ConvGeometry
 from ._namespace import namespace
@@ -225,7 +223,7 @@ def conv_forward(x: Array, weight: Array, bias: Array | None, geom: ConvGeometry
                    memory_limit)
     # per sample, one unit and no extra columns: y is the GEMM's result itself
     in_place = len(units) == 1 and not units[0].is_band and not layout.has_extra_columns and not batch_inner
-    y: Array = None if in_place else xp.empty((n, o, *layout.out), dtype=x.dtype, device=device(x))
+    y: Array = None if in_place else xp.empty((n, o, *layout.out), dtype=x.dtype, device=x.device)
     cols = None
     for u in units:
         cols = u.layout.gemm_operand(u.layout.columns(u.of_input(x), windows), g)   # (G, Cg*K, m*L), (m, G, Cg*K, L)
@@ -288,7 +286,7 @@ def conv_backward(grad_output: Array, x: Array, weight: Array, geom: ConvGeometr
         cols, units = None, plan(False)                                       # kept cols cover the whole batch only
     if fold_here:
         banded = any(u.is_band for u in units)
-        grad_input = (xp.zeros if banded else xp.empty)(x.shape, dtype=x.dtype, device=device(x))
+        grad_input = (xp.zeros if banded else xp.empty)(x.shape, dtype=x.dtype, device=x.device)
     grad_weight = None
     for u in units:
         lay = u.layout
@@ -306,7 +304,7 @@ def conv_backward(grad_output: Array, x: Array, weight: Array, geom: ConvGeometr
             _fold_unit(grad_input, u, columns_grad(w3, dy))
         chunk_cols = partial = dy = None                                      # freed before the next unit's
     if grad_weight is None:                                                   # an empty batch
-        return grad_input, xp.zeros(weight.shape, dtype=weight.dtype, device=device(weight))
+        return grad_input, xp.zeros(weight.shape, dtype=weight.dtype, device=weight.device)
     return grad_input, xp.reshape(xp.matrix_transpose(grad_weight), weight.shape)
 
 
@@ -336,7 +334,7 @@ def conv_backward_data(grad_output: Array, weight: Array, geom: ConvGeometry, sp
                    itemsize(grad_output), per_sample, ((c * layout.taps + o) * _row_elements(layout), 0, False),
                    max_workspace_bytes, cache_chunk_bytes, memory_limit)
     banded = any(u.is_band for u in units)
-    grad_input = (xp.zeros if banded else xp.empty)(x_shape, dtype=grad_output.dtype, device=device(grad_output))
+    grad_input = (xp.zeros if banded else xp.empty)(x_shape, dtype=grad_output.dtype, device=grad_output.device)
     for u in units:
         dy = u.layout.output_columns(grad_output[u.output_index], g)         # (G, O/G, m*L) or (m, G, O/G, L)
         _fold_unit(grad_input, u, columns_grad(w3, dy))

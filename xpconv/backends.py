@@ -12,6 +12,7 @@ asks a :class:`Backend` (or :func:`library_of`, which dispatches with array-api-
 from __future__ import annotations
 
 import contextlib
+import functools
 import gc
 import importlib
 import os
@@ -611,6 +612,7 @@ def is_host_data(x: object) -> bool:
     return isinstance(x, (list, tuple)) or is_numpy_array(x)
 
 
+@functools.cache
 def _compat_namespace(name: str) -> Any:
     """The Array API namespace xpconv uses for library ``name`` (array-api-compat's wrapper where there is one)."""
     if name == "array_api_strict":
