@@ -104,3 +104,18 @@ def workspace_peaks(x, w, dy, **kw):
     backward_peak = tracemalloc.get_traced_memory()[1] - dx.nbytes - dw.nbytes - db.nbytes
     tracemalloc.stop()
     return forward_peak, backward_peak
+
+
+def check_layer_matches_im2col(backend, rng, make_layer, algorithm, x_shape, dy_shape) -> None:
+    """A layer ``make_layer(algorithm=...)`` (float64 on ``backend``) running ``algorithm`` gives the output and
+    gradients of the same layer running im2col, and its repr names the algorithm."""
+    layers = [make_layer(algorithm=a) for a in ("im2col", algorithm)]
+    x = backend.asarray(rng.standard_normal(x_shape), dtype="float64")
+    dy = backend.asarray(rng.standard_normal(dy_shape), dtype="float64")
+    results = []
+    for layer in layers:
+        y = layer(x)
+        results.append([as_numpy(a) for a in (y, layer.backward(dy), layer.weight.grad, layer.bias.grad)])
+    for a, b in zip(*results, strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
+    assert f"algorithm={algorithm!r}" in repr(layers[1])

@@ -11,7 +11,13 @@ from hypothesis import strategies as st
 
 import xpconv
 import xpconv._fft as fft
-from algorithm_checks import check_against_reference, check_finite_differences, float32_errors, workspace_peaks
+from algorithm_checks import (
+    check_against_reference,
+    check_finite_differences,
+    check_layer_matches_im2col,
+    float32_errors,
+    workspace_peaks,
+)
 from conftest import as_numpy
 from xpconv import nn
 from xpconv._geometry import make_geometry
@@ -100,17 +106,9 @@ def test_the_bound_is_over_the_whole_output(rng):
 def test_the_layer_takes_the_algorithm(backend, rng, nd):
     """nn.Conv{nd}d(algorithm="fft") gives im2col's layer's output and gradients (float64)."""
     cls = getattr(nn, f"Conv{nd}d")
-    layers = [cls(4, 6, 3, padding=1, stride=2, dilation=1, groups=2, backend=backend, dtype="float64", seed=3,
-                  algorithm=a) for a in ("im2col", "fft")]
-    x = backend.asarray(rng.standard_normal((2, 4, *(7,) * nd)), dtype="float64")
-    dy = backend.asarray(rng.standard_normal((2, 6, *(4,) * nd)), dtype="float64")
-    results = []
-    for layer in layers:
-        y = layer(x)
-        results.append([as_numpy(a) for a in (y, layer.backward(dy), layer.weight.grad, layer.bias.grad)])
-    for a, b in zip(*results, strict=True):
-        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
-    assert "algorithm='fft'" in repr(layers[1])
+    check_layer_matches_im2col(backend, rng, lambda **kw: cls(4, 6, 3, padding=1, stride=2, dilation=1, groups=2,
+                                                              backend=backend, dtype="float64", seed=3, **kw),
+                               "fft", (2, 4, *(7,) * nd), (2, 6, *(4,) * nd))
 
 
 def test_a_workspace_cap_below_one_sample_is_a_clear_error():

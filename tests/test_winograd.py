@@ -9,7 +9,13 @@ from hypothesis import strategies as st
 
 import xpconv
 import xpconv._winograd as winograd
-from algorithm_checks import check_against_reference, check_finite_differences, float32_errors, workspace_peaks
+from algorithm_checks import (
+    check_against_reference,
+    check_finite_differences,
+    check_layer_matches_im2col,
+    float32_errors,
+    workspace_peaks,
+)
 from conftest import as_numpy
 from xpconv import nn
 from xpconv._ops import REGISTRY
@@ -82,17 +88,9 @@ def test_float32_error_stays_under_the_documented_bound(backend, rng, algorithm,
 @pytest.mark.parametrize("algorithm", WINOGRAD)
 def test_the_layer_takes_the_algorithm(backend, rng, algorithm):
     """nn.Conv2d(algorithm=...) gives im2col's layer's output and gradients (float64)."""
-    layers = [nn.Conv2d(4, 6, 3, padding=1, groups=2, backend=backend, dtype="float64", seed=3, algorithm=a)
-              for a in ("im2col", algorithm)]
-    x = backend.asarray(rng.standard_normal((2, 4, 5, 6)), dtype="float64")
-    dy = backend.asarray(rng.standard_normal((2, 6, 5, 6)), dtype="float64")
-    results = []
-    for layer in layers:
-        y = layer(x)
-        results.append([as_numpy(a) for a in (y, layer.backward(dy), layer.weight.grad, layer.bias.grad)])
-    for a, b in zip(*results, strict=True):
-        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
-    assert f"algorithm={algorithm!r}" in repr(layers[1])
+    check_layer_matches_im2col(backend, rng, lambda **kw: nn.Conv2d(4, 6, 3, padding=1, groups=2, backend=backend,
+                                                                     dtype="float64", seed=3, **kw),
+                               algorithm, (2, 4, 5, 6), (2, 6, 5, 6))
 
 
 @pytest.mark.parametrize("algorithm", WINOGRAD)
