@@ -119,3 +119,19 @@ def check_layer_matches_im2col(backend, rng, make_layer, algorithm, x_shape, dy_
     for a, b in zip(*results, strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
     assert f"algorithm={algorithm!r}" in repr(layers[1])
+
+
+def check_layouts_match_im2col(backend, rng, algorithm, x_shape, w_shape, unbatched, **kw) -> None:
+    """The functional API's ``algorithm`` gives im2col's y, dL/dx, dL/dW and dL/db (float64) for x and weight of
+    these shapes, in the layout ``kw`` asks for (``channels_last=``), with x's first sample alone if ``unbatched``."""
+    nd = len(x_shape) - 2
+    conv, conv_backward = _functions(nd)
+    x = rng.standard_normal(x_shape)
+    xb = backend.asarray(x[0] if unbatched else x, dtype="float64")
+    wb = backend.asarray(rng.standard_normal(w_shape), dtype="float64")
+    results = []
+    for name in ("im2col", algorithm):
+        y = conv(xb, wb, algorithm=name, **kw)
+        results.append([as_numpy(a) for a in (y, *conv_backward(y, xb, wb, algorithm=name, **kw))])
+    for a, b in zip(*results, strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)

@@ -16,6 +16,7 @@ from algorithm_checks import (
     check_against_reference,
     check_finite_differences,
     check_layer_matches_im2col,
+    check_layouts_match_im2col,
     float32_errors,
 )
 from conftest import as_numpy
@@ -115,18 +116,9 @@ def test_an_empty_batch(backend):
 @pytest.mark.parametrize("channels_last, unbatched", [(True, False), (False, True), (True, True)])
 def test_channels_last_and_unbatched_inputs(backend, rng, channels_last, unbatched):
     """The op layer's layouts reach the direct algorithm channels-first and batched: im2col's values (float64)."""
-    x = rng.standard_normal((2, 5, 6, 4) if channels_last else (2, 4, 5, 6))
-    w = rng.standard_normal((8, 3, 3, 1) if channels_last else (8, 1, 3, 3))
-    if unbatched:
-        x = x[0]
-    xb, wb = backend.asarray(x, dtype="float64"), backend.asarray(w, dtype="float64")
-    kw = dict(padding=1, groups=4, channels_last=channels_last)
-    results = []
-    for algorithm in ("im2col", "direct"):
-        y = xpconv.conv2d(xb, wb, algorithm=algorithm, **kw)
-        results.append([as_numpy(a) for a in (y, *xpconv.conv2d_backward(y, xb, wb, algorithm=algorithm, **kw))])
-    for a, b in zip(*results, strict=True):
-        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
+    check_layouts_match_im2col(backend, rng, "direct", (2, 5, 6, 4) if channels_last else (2, 4, 5, 6),
+                               (8, 3, 3, 1) if channels_last else (8, 1, 3, 3), unbatched, padding=1, groups=4,
+                               channels_last=channels_last)
 
 
 @pytest.mark.parametrize("shape, mult, stride", [((32, 16, 17), 1, 1), ((16, 32, 16), 2, 2), ((4, 8, 64), 1, 1)])

@@ -15,6 +15,7 @@ from algorithm_checks import (
     check_against_reference,
     check_finite_differences,
     check_layer_matches_im2col,
+    check_layouts_match_im2col,
     float32_errors,
     workspace_peaks,
 )
@@ -134,18 +135,9 @@ def test_an_empty_batch(backend):
 @pytest.mark.parametrize("channels_last, unbatched", [(True, False), (False, True), (True, True)])
 def test_channels_last_and_unbatched_inputs(backend, rng, channels_last, unbatched):
     """The op layer's layouts reach FFT channels-first and batched: the same values as im2col (float64)."""
-    x = rng.standard_normal((2, 9, 4) if channels_last else (2, 4, 9))
-    w = rng.standard_normal((6, 5, 2) if channels_last else (6, 2, 5))
-    if unbatched:
-        x = x[0]
-    xb, wb = backend.asarray(x, dtype="float64"), backend.asarray(w, dtype="float64")
-    kw = dict(padding=2, groups=2, channels_last=channels_last)
-    results = []
-    for algorithm in ("im2col", "fft"):
-        y = xpconv.conv1d(xb, wb, algorithm=algorithm, **kw)
-        results.append([as_numpy(a) for a in (y, *xpconv.conv1d_backward(y, xb, wb, algorithm=algorithm, **kw))])
-    for a, b in zip(*results, strict=True):
-        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
+    check_layouts_match_im2col(backend, rng, "fft", (2, 9, 4) if channels_last else (2, 4, 9),
+                               (6, 5, 2) if channels_last else (6, 2, 5), unbatched, padding=2, groups=2,
+                               channels_last=channels_last)
 
 
 @pytest.mark.parametrize("x_shape, o, k, cap", [((256, 8, 300), 8, 9, 2 * 2**20), ((64, 16, 16, 16), 16, 5, 8 * 2**20),

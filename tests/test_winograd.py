@@ -13,6 +13,7 @@ from algorithm_checks import (
     check_against_reference,
     check_finite_differences,
     check_layer_matches_im2col,
+    check_layouts_match_im2col,
     float32_errors,
     workspace_peaks,
 )
@@ -144,18 +145,9 @@ def test_an_empty_batch(backend, algorithm):
 @pytest.mark.parametrize("channels_last, unbatched", [(True, False), (False, True), (True, True)])
 def test_channels_last_and_unbatched_inputs(backend, rng, algorithm, channels_last, unbatched):
     """The op layer's layouts reach Winograd channels-first and batched: the same values as im2col (float64)."""
-    x = rng.standard_normal((2, 5, 6, 4) if channels_last else (2, 4, 5, 6))
-    w = rng.standard_normal((6, 3, 3, 2) if channels_last else (6, 2, 3, 3))
-    if unbatched:
-        x = x[0]
-    xb, wb = backend.asarray(x, dtype="float64"), backend.asarray(w, dtype="float64")
-    kw = dict(padding=1, groups=2, channels_last=channels_last)
-    results = []
-    for name in ("im2col", algorithm):
-        y = xpconv.conv2d(xb, wb, algorithm=name, **kw)
-        results.append([as_numpy(a) for a in (y, *xpconv.conv2d_backward(y, xb, wb, algorithm=name, **kw))])
-    for a, b in zip(*results, strict=True):
-        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
+    check_layouts_match_im2col(backend, rng, algorithm, (2, 5, 6, 4) if channels_last else (2, 4, 5, 6),
+                               (6, 3, 3, 2) if channels_last else (6, 2, 3, 3), unbatched, padding=1, groups=2,
+                               channels_last=channels_last)
 
 
 @pytest.mark.parametrize("algorithm", WINOGRAD)
