@@ -162,3 +162,36 @@ def test_clip_grad_norm_bounds_every_update(digits64):
     with pytest.raises(ValueError, match="clip_grad_norm"):
         fit(model, digits64, epochs=1, batch_size=16, optimizer=SGD(model.parameters(), lr=lr), clip_grad_norm=0,
             **_QUIET)
+
+
+def test_normalize_standardizes_both_splits_and_evaluate_applies_the_recorded_statistics(tmp_path, capsys):
+    """--normalize: the saved model records the training split's per-channel mean and std (computed here with
+    NumPy), and 'xpconv evaluate' applies them, so it reports the accuracy training ended with."""
+    model, metrics = tmp_path / "m.npz", tmp_path / "metrics.json"
+    assert main(["train", "--epochs", "2", "--limit", "200", "--normalize", "--save", str(model),
+                 "--metrics-out", str(metrics)]) == 0
+    capsys.readouterr()
+    from xpconv.io import read_metadata
+
+    recorded = read_metadata(model)["extra"]["normalize"]
+    x_train = load_dataset("digits", seed=0).subset(200).x_train.astype(np.float64)
+    np.testing.assert_allclose(recorded["mean"], x_train.mean(axis=(0, 2, 3)), rtol=1e-12)
+    np.testing.assert_allclose(recorded["std"], x_train.std(axis=(0, 2, 3)), rtol=1e-12)
+    m = json.loads(metrics.read_text())
+    assert m["normalize"] is True
+    assert main(["evaluate", "--model", str(model)]) == 0
+    assert f"test accuracy {m['test_accuracy']:.2%} ({round(m['test_accuracy'] * 200)}/200)" in capsys.readouterr().out
+
+
+def test_normalize_is_on_by_default_for_cifar10_only():
+    import argparse
+
+    from xpconv.cli.train import _RUN_KEYS, _resolve
+
+    def config(**flags):
+        return _resolve(argparse.Namespace(**(dict.fromkeys(_RUN_KEYS) | flags)), None)
+
+    assert config(model="resnet20")["normalize"] is True                     # its data set is cifar10
+    assert config(model="small_cnn")["normalize"] is False
+    assert config(model="resnet20", normalize=False)["normalize"] is False
+    assert config(model="small_cnn", normalize=True)["normalize"] is True

@@ -17,7 +17,7 @@ from ..allocator import keep_freed_memory
 from ..amp import GradScaler
 from ..backends import BACKEND_NAMES, get_backend
 from ..checkpoint import Checkpoint, load_checkpoint, save_checkpoint
-from ..data import DATASETS, augmentation, load_dataset
+from ..data import DATASETS, augmentation, channel_stats, load_dataset, normalize
 from ..distributed import Communicator, gradient_bytes, init_communicator, run_or_abort
 from ..interrupt import StopRequest, exit_status
 from ..models import MODELS, build_model
@@ -52,10 +52,11 @@ MODEL_DEFAULTS: dict[str, dict[str, Any]] = {
 DEFAULT_EPOCHS = {("small_cnn", "digits"): 40, ("small_cnn", "mnist"): 3, ("lenet5", "mnist5k"): 30,
                   ("lenet5", "mnist"): 3}
 FALLBACK_EPOCHS = 30
+NORMALIZED_BY_DEFAULT = ("cifar10",)      # the data sets --normalize is on for by default
 DEFAULT_DATASET = {"small_cnn": "digits", "lenet5": "mnist5k", "resnet20": "cifar10", "resnet32": "cifar10",
                    "resnet56": "cifar10"}
 # The flags that make up a run (recorded in checkpoints); outputs and the backend may change on resume.
-_RUN_KEYS = ("model", "dataset", "data_dir", "limit", "epochs", "seed", *_SMALL)
+_RUN_KEYS = ("model", "dataset", "data_dir", "limit", "epochs", "seed", "normalize", *_SMALL)
 
 
 def _resolve(args, recorded: dict[str, Any] | None) -> dict[str, Any]:
@@ -72,9 +73,18 @@ def _resolve(args, recorded: dict[str, Any] | None) -> dict[str, Any]:
     config = {"model": model, "dataset": DEFAULT_DATASET[model], "data_dir": None, "limit": None, "seed": 0}
     config |= MODEL_DEFAULTS[model] | given
     config.setdefault("epochs", DEFAULT_EPOCHS.get((model, config["dataset"]), FALLBACK_EPOCHS))
+    config.setdefault("normalize", config["dataset"] in NORMALIZED_BY_DEFAULT)
     if config["lr"] is None:
         config["lr"] = DEFAULT_LR[config["optimizer"]]
     return config
+
+
+def _normalized(data, stats):
+    """``data`` with both splits standardized per channel by ``stats`` = (mean, std), or as it is for None."""
+    if not stats:
+        return data
+    mean, std = stats
+    return data._replace(x_train=normalize(data.x_train, mean, std), x_test=normalize(data.x_test, mean, std))
 
 
 def _add_data_args(p, dataset_default: str) -> None:
@@ -134,6 +144,8 @@ def _train(args, comm: Communicator) -> int:
         io.check_format(args.save)          # a .safetensors file without the library stops here, not after training
     backend = comm.backend
     data = load_dataset(config["dataset"], config["data_dir"], seed=config["seed"]).subset(config["limit"])
+    stats = channel_stats(data.x_train) if config.get("normalize") else None
+    data = _normalized(data, stats)
     _, channels, size, _ = data.x_train.shape
     if resumed is not None:
         if resumed.arch is None:
@@ -206,7 +218,8 @@ def _train(args, comm: Communicator) -> int:
           f"{metrics['images_per_second'] or 0:,.0f} images/s (+{history.eval_seconds:.1f} s evaluating) | {where}")
     if args.save:
         io.save(model, args.save, metadata={k: config[k] for k in ("dataset", "seed", "data_dir", "limit")}
-                | {"test_accuracy": history.test_accuracy[-1]})
+                | {"test_accuracy": history.test_accuracy[-1],
+                   "normalize": None if stats is None else {"mean": list(stats[0]), "std": list(stats[1])}})
         print(f"model saved to {args.save}")
     if args.metrics_out:
         io.atomic_write(args.metrics_out, (json.dumps(metrics, indent=2, allow_nan=False) + "\n").encode())
@@ -237,7 +250,8 @@ def _run_evaluate(args) -> int:
     seed = extra.get("seed", 0) if args.seed is None else args.seed
     data = load_dataset(dataset, args.data_dir or extra.get("data_dir"), seed=seed)
     limit = args.limit if args.limit is not None else extra.get("limit")
-    data = data.subset(limit)
+    recorded = extra.get("normalize")                     # the model's input statistics, from its training split
+    data = _normalized(data.subset(limit), recorded and (recorded["mean"], recorded["std"]))
     start = time.perf_counter()
     loss, accuracy = evaluate(model, data.x_test, data.y_test)
     seconds = time.perf_counter() - start
@@ -278,6 +292,9 @@ def register(subparsers) -> None:
                    "bfloat16 (torch only) with float32 master weights (default: float32; docs/precision.md)")
     p.add_argument("--augment", action=argparse.BooleanOptionalAction, default=None,
                    help="random crops and flips (default: on for the resnets)")
+    p.add_argument("--normalize", action=argparse.BooleanOptionalAction, default=None,
+                   help="standardize each channel of both splits by the training split's mean and std, recorded in "
+                   "the saved model for 'xpconv evaluate' (default: on for cifar10)")
     p.add_argument("--seed", type=cli_type(non_negative_int), default=None,
                    help="seeds the split, the init and the batches (default: 0)")
     p.add_argument("--save", metavar="MODEL.npz",
