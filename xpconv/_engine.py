@@ -46,7 +46,7 @@ from .validation import positive_int
 
 __all__ = ["DEFAULT_MAX_WORKSPACE_BYTES", "batch_chunks", "check_max_workspace_bytes", "check_memory", "itemsize",
            "conv_forward", "conv_backward", "conv_backward_data", "columns_grad", "data_grad_geometry",
-           "flipped_geometry", "flipped_transposed_weight", "format_bytes", "row_bands"]
+           "flipped_geometry", "flipped_transposed_weight", "format_bytes", "row_bands", "sample_chunks"]
 
 DEFAULT_MAX_WORKSPACE_BYTES = 256 * 2**20
 FLIPPED_DX_MAX_CHANNELS = 64
@@ -83,6 +83,25 @@ def batch_chunks(n: int, bytes_per_sample: int, max_workspace_bytes: int | None,
         budget = min(budget, cache_chunk_bytes)
     step = max(1, min(n, budget // max(bytes_per_sample, 1)))
     return [slice(i, min(i + step, n)) for i in range(0, n, step)]
+
+
+def sample_chunks(name: str, what: str, x_shape, w_shape, per_sample: int, max_workspace_bytes: int | None,
+                  cache_chunk_bytes: int | None, memory_limit: int | None, fixed: int = 0,
+                  needs: str = "one sample needs") -> list[slice]:
+    """Chunks of whole samples for an algorithm ``name`` that does not split a sample (Winograd, FFT): each chunk's
+    workspace, ``fixed`` bytes plus ``per_sample`` bytes a sample, stays under the cap (and ``cache_chunk_bytes``);
+    ValueError naming the algorithm and pass ``what`` when ``fixed`` and one sample are over the cap (``needs``
+    says what they hold), MemoryError over ``memory_limit``."""
+    cap = check_max_workspace_bytes(max_workspace_bytes)
+    if cap is not None and fixed + per_sample > cap:
+        total = fixed + per_sample
+        raise ValueError(f"max_workspace_bytes={cap} is too small for {name}'s {what} of x {tuple(x_shape)} with "
+                         f"weight {tuple(w_shape)}: {needs} {format_bytes(total)} ({total} bytes) and {name} does not "
+                         "split a sample; raise the cap, pass None, or use algorithm='im2col'")
+    chunks = batch_chunks(x_shape[0], per_sample, None if cap is None else cap - fixed, cache_chunk_bytes)
+    biggest = fixed + max((sl.stop - sl.start for sl in chunks), default=0) * per_sample
+    check_memory(f"{name}'s {what}", x_shape, w_shape, biggest, memory_limit)
+    return chunks
 
 
 # -- the units of work: chunks of the batch, or row bands of one sample -----------------------------

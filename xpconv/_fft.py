@@ -34,7 +34,7 @@ import math
 
 from array_api_compat import device
 
-from ._engine import batch_chunks, check_max_workspace_bytes, check_memory, format_bytes, itemsize
+from ._engine import itemsize, sample_chunks
 from ._geometry import ConvGeometry
 from ._namespace import namespace
 from ._typing import Array
@@ -78,19 +78,10 @@ CHUNK_FACTOR = 4
 
 def _chunks(what: str, x_shape, w_shape, groups: int, size, item: int, max_workspace_bytes, cache_chunk_bytes,
             memory_limit) -> list[slice]:
-    cap = check_max_workspace_bytes(max_workspace_bytes)
-    if cache_chunk_bytes is not None:
-        cache_chunk_bytes *= CHUNK_FACTOR
     fixed, per_sample = (e * item for e in workspace_elements(x_shape[1], w_shape[0], groups, size))
-    if cap is not None and fixed + per_sample > cap:
-        raise ValueError(f"max_workspace_bytes={cap} is too small for FFT's {what} of x {tuple(x_shape)} with "
-                         f"weight {tuple(w_shape)} (transform size {size}): the kernel's transform and one sample "
-                         f"need {format_bytes(fixed + per_sample)} ({fixed + per_sample} bytes) and FFT does not "
-                         "split a sample; raise the cap, pass None, or use algorithm='im2col'")
-    chunks = batch_chunks(x_shape[0], per_sample, None if cap is None else cap - fixed, cache_chunk_bytes)
-    biggest = fixed + max((sl.stop - sl.start for sl in chunks), default=0) * per_sample
-    check_memory(f"FFT's {what}", x_shape, w_shape, biggest, memory_limit)
-    return chunks
+    return sample_chunks("FFT", what, x_shape, w_shape, per_sample, max_workspace_bytes,
+                         None if cache_chunk_bytes is None else cache_chunk_bytes * CHUNK_FACTOR, memory_limit,
+                         fixed, f"the kernel's transform (transform size {size}) and one sample need")
 
 
 def _axes(nd: int) -> tuple[int, ...]:

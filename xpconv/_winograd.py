@@ -39,14 +39,7 @@ from functools import lru_cache
 
 from array_api_compat import device
 
-from ._engine import (
-    batch_chunks,
-    check_max_workspace_bytes,
-    check_memory,
-    flipped_transposed_weight,
-    format_bytes,
-    itemsize,
-)
+from ._engine import flipped_transposed_weight, itemsize, sample_chunks
 from ._geometry import ConvGeometry
 from ._namespace import namespace
 from ._typing import Array
@@ -241,20 +234,6 @@ def _per_sample(c: int, o: int, t: Transform, tiles: tuple[int, int]) -> int:
             + o * n_tiles * (a * a + (m + 2) * a + m * m + m + 2))
 
 
-def _chunks(what: str, x_shape, w_shape, per_sample: int, itemsize: int, max_workspace_bytes,
-            cache_chunk_bytes, memory_limit) -> list[slice]:
-    cap = check_max_workspace_bytes(max_workspace_bytes)
-    if cap is not None and per_sample * itemsize > cap:
-        raise ValueError(f"max_workspace_bytes={cap} is too small for Winograd's {what} of x {tuple(x_shape)} with "
-                         f"weight {tuple(w_shape)}: one sample needs {format_bytes(per_sample * itemsize)} "
-                         f"({per_sample * itemsize} bytes) and Winograd does not split a sample; raise the cap, "
-                         "pass None, or use algorithm='im2col'")
-    chunks = batch_chunks(x_shape[0], per_sample * itemsize, cap, cache_chunk_bytes)
-    biggest = max((sl.stop - sl.start for sl in chunks), default=0) * per_sample * itemsize
-    check_memory(f"Winograd's {what}", x_shape, w_shape, biggest, memory_limit)
-    return chunks
-
-
 def winograd_forward(x: Array, weight: Array, bias: Array | None, geom: ConvGeometry, *, m: int = 2,
                      max_workspace_bytes: int | None, cache_chunk_bytes: int | None = None,
                      memory_limit: int | None = None) -> Array:
@@ -268,8 +247,9 @@ def winograd_forward(x: Array, weight: Array, bias: Array | None, geom: ConvGeom
     tiles = _tiles(out, m)
     u = _kernel_transform(weight, groups, t)
     y = xp.empty((n, o, *out), dtype=x.dtype, device=device(x))
-    for sl in _chunks("forward", tuple(x.shape), tuple(weight.shape), _per_sample(c, o, t, tiles), itemsize(x),
-                      max_workspace_bytes, cache_chunk_bytes, memory_limit):
+    for sl in sample_chunks("Winograd", "forward", tuple(x.shape), tuple(weight.shape),
+                            _per_sample(c, o, t, tiles) * itemsize(x), max_workspace_bytes, cache_chunk_bytes,
+                            memory_limit):
         size = sl.stop - sl.start
         v = _input_transform(x[sl, ...], geom.padding, t, tiles)
         v = xp.reshape(v, (t.alpha ** 2, groups, c // groups, size * tiles[0] * tiles[1]))
@@ -301,8 +281,9 @@ def winograd_backward(grad_output: Array, x: Array, weight: Array, geom: ConvGeo
                                       memory_limit=memory_limit)
     tiles = _tiles(tuple(grad_output.shape[2:]), m)
     du = None
-    for sl in _chunks("weight gradient", tuple(x.shape), tuple(weight.shape), _per_sample(c, o, t, tiles),
-                      itemsize(x), max_workspace_bytes, cache_chunk_bytes, memory_limit):
+    for sl in sample_chunks("Winograd", "weight gradient", tuple(x.shape), tuple(weight.shape),
+                            _per_sample(c, o, t, tiles) * itemsize(x), max_workspace_bytes, cache_chunk_bytes,
+                            memory_limit):
         p = (sl.stop - sl.start) * tiles[0] * tiles[1]
         v = xp.reshape(_input_transform(x[sl, ...], geom.padding, t, tiles), (t.alpha ** 2, groups, c // groups, p))
         dm = xp.reshape(_output_adjoint(grad_output[sl, ...], t, tiles), (t.alpha ** 2, groups, o // groups, p))
