@@ -18,6 +18,7 @@ from .._docstrings import STATELESS, fill_doc
 from .._ops import namespace_of
 from .._typing import Array
 from ..amp import master_dtype
+from ..backends import zero_where
 from ..validation import check_int, check_real
 from .module import Module
 
@@ -175,6 +176,7 @@ class ReLU(_ShapePreserving):
     """Rectified linear unit, ``y = max(x, 0)`` elementwise, as ``torch.nn.ReLU``.
 
     As torch.relu, NaN stays NaN; the gradient is 0 where x <= 0 (at 0 too) and passes where x > 0 or x is NaN.
+    The sign of the zero that ``-0.0`` gives is the library's ``maximum``'s (NumPy: +0.0, torch: -0.0).
 
     {body}
 
@@ -191,11 +193,11 @@ class ReLU(_ShapePreserving):
     """
 
     def _forward(self, xp, x):
-        y = xp.where(x < 0, _zero(xp, x), x)                 # -0.0 and NaN pass unchanged, as in torch
+        y = xp.maximum(x, _zero(xp, x))                      # NaN propagates, as in torch
         return y, y
 
     def _backward(self, xp, grad_output, saved):
-        return xp.where(saved <= 0, _zero(xp, grad_output), grad_output)   # torch's threshold_backward on y
+        return zero_where(saved <= 0, grad_output)           # torch's threshold_backward on y
 
 
 @_layer_doc(params="""
