@@ -6,7 +6,7 @@ import pytest
 
 import xpconv
 from xpconv import backends
-from xpconv.backends import Backend, NumpyBackend, zero_where
+from xpconv.backends import Backend, NumpyBackend, UnitMap, zero_where
 from xpconv.cli import main
 
 
@@ -172,3 +172,50 @@ def test_numpy_zero_where_matches_the_portable_path(rng):
     cond = rng.random(a.shape) < 0.5
     fast, portable = NumpyBackend.zero_where(cond, a), Backend.zero_where(cond, a)
     np.testing.assert_array_equal(fast.view(np.uint32), portable.view(np.uint32))
+
+
+def test_unit_map_runs_in_order_on_its_threads_with_one_blas_thread():
+    """Results come in the items' order; at most ``workers`` run at once, each with BLAS held to one thread;
+    the BLAS thread counts are restored afterwards, and an error in a unit reaches the caller."""
+    import threading
+
+    blas = backends._blas_pools()
+    if blas is None or not blas.lib_controllers:
+        pytest.skip("threadpoolctl sees no BLAS library")
+    before = [lib.num_threads for lib in blas.lib_controllers]
+    lock, running, seen = threading.Lock(), [0], []
+
+    def unit(i):
+        with lock:
+            running[0] += 1
+            seen.append((running[0], threading.current_thread().name,
+                         max(lib.num_threads for lib in blas.lib_controllers)))
+        np.linalg.norm(np.ones((200, 200)) @ np.ones((200, 200)))      # some work with the GIL released
+        with lock:
+            running[0] -= 1
+        if i == 7:
+            raise ArithmeticError("unit 7")
+        return i * i
+
+    with blas.limit(limits=2):
+        units = UnitMap(2, blas)
+        assert list(units(unit, range(7))) == [i * i for i in range(7)]
+        assert max(n for n, _, _ in seen) <= 2
+        assert {threads for _, _, threads in seen} == {1}
+        assert all(name.startswith("xpconv-unit") for _, name, _ in seen)
+        with pytest.raises(ArithmeticError, match="unit 7"):
+            list(units(unit, range(10)))
+        assert [lib.num_threads for lib in blas.lib_controllers] == [2] * len(before)
+    assert [lib.num_threads for lib in blas.lib_controllers] == before
+
+
+def test_numpy_backend_threads_its_units_only_with_several_blas_threads():
+    blas = backends._blas_pools()
+    if blas is None or not blas.lib_controllers:
+        pytest.skip("threadpoolctl sees no BLAS library")
+    numpy_backend = backends.get_backend("numpy")
+    with blas.limit(limits=1):
+        assert numpy_backend.unit_map is None
+    with blas.limit(limits=2):
+        assert numpy_backend.unit_map.workers == 2
+    assert backends.get_backend("array_api_strict").unit_map is None

@@ -10,7 +10,8 @@ import pytest
 import xpconv
 from conftest import as_numpy
 from xpconv._columns import ConvGeometry, column_layout
-from xpconv._engine import conv_backward, conv_forward, data_grad_geometry
+from xpconv._engine import conv_backward, conv_backward_data, conv_forward, data_grad_geometry
+from xpconv.backends import UnitMap, _blas_pools
 
 # (x shape, weight shape, stride, padding, groups): batches of 5 split as 1+1+1+1+1 and 2+2+1
 LAYERS = {
@@ -81,6 +82,60 @@ def test_chunked_results_are_bit_identical_on_numpy(rng, name, cap_in_samples, b
         same(dx, dx_one)
         same(dw, dw_one)
 
+
+class _CountingUnitMap(UnitMap):
+    """A UnitMap that counts the passes it ran, so a test sees the threads were used."""
+
+    passes = 0
+
+    def __call__(self, fn, items):
+        self.passes += 1
+        yield from super().__call__(fn, items)
+
+
+@pytest.mark.parametrize("workers", [2, 3])
+@pytest.mark.parametrize("name", LAYERS)
+def test_threaded_units_give_the_one_chunk_bits(rng, name, workers):
+    """Units run on threads (NumPy's policy with several BLAS threads) give the one-chunk y, dx and dW to the
+    last bit, with no cap and under a cap of 2.5 samples per thread: dW's per-unit products are still added in
+    the units' order."""
+    geom, x, w, b, dy = _setup(name, rng)
+    threads = _CountingUnitMap(workers, _blas_pools())
+    y_one, cols = conv_forward(x, w, b, geom, max_workspace_bytes=None, keep_cols=True)
+    dx_one, dw_one = conv_backward(dy, x, w, geom, cols=cols)
+    for cap in (None, int(2.5 * workers * _sample_bytes(x, w, geom))):
+        np.testing.assert_array_equal(conv_forward(x, w, b, geom, max_workspace_bytes=cap, unit_map=threads)[0],
+                                      y_one, strict=True)
+        dx, dw = conv_backward(dy, x, w, geom, max_workspace_bytes=cap, unit_map=threads)
+        np.testing.assert_array_equal(dx, dx_one, strict=True)
+        np.testing.assert_array_equal(dw, dw_one, strict=True)
+        dx = conv_backward_data(dy, w, geom, x.shape[2:], max_workspace_bytes=cap, unit_map=threads)
+        np.testing.assert_array_equal(dx, dx_one, strict=True)
+    assert threads.passes >= 6
+
+
+def test_threaded_units_stay_under_the_cap(rng):
+    """With units on 2 threads, forward and backward still allocate at most their results plus the cap (after a
+    first call has started the threads)."""
+    geom, x, w, b, dy = _setup("2d-padded", rng)
+    cap = 2 * _sample_bytes(x, w, geom)
+    threads = _CountingUnitMap(2, _blas_pools())
+    conv_backward(dy, x, w, geom, max_workspace_bytes=cap, unit_map=threads)
+    tracemalloc.start()
+    try:
+        tracemalloc.reset_peak()
+        base = tracemalloc.get_traced_memory()[0]
+        y, _ = conv_forward(x, w, b, geom, max_workspace_bytes=cap, unit_map=threads)
+        forward_peak = tracemalloc.get_traced_memory()[1] - base
+        tracemalloc.reset_peak()
+        base = tracemalloc.get_traced_memory()[0]
+        dx, dw = conv_backward(dy, x, w, geom, max_workspace_bytes=cap, unit_map=threads)
+        backward_peak = tracemalloc.get_traced_memory()[1] - base
+    finally:
+        tracemalloc.stop()
+    assert threads.passes >= 3
+    assert forward_peak <= y.nbytes + cap
+    assert backward_peak <= dx.nbytes + dw.nbytes + cap
 
 def test_chunked_functional_api_is_bit_identical(rng):
     """Through xpconv.conv2d / conv2d_backward with a cap of one sample's workspace."""

@@ -76,8 +76,9 @@ def memory_limit(backend: Backend) -> int | None:
 
 def engine_policy(backend: Backend, max_workspace_bytes: int | None) -> dict[str, Any]:
     """The engine's keyword arguments for one call on ``backend``: the workspace cap, the chunking, GEMM and
-    column policies, the columns' fast path (:attr:`~xpconv.backends.Backend.window_view`) and the free-memory
-    guard (see :class:`~xpconv.backends.Backend`).
+    column policies, the columns' fast path (:attr:`~xpconv.backends.Backend.window_view`), the threads the
+    units may run on (:attr:`~xpconv.backends.Backend.unit_map`) and the free-memory guard (see
+    :class:`~xpconv.backends.Backend`).
 
     The default cap, 256 MiB, is a CPU figure; on a GPU, where fewer, larger chunks mean fewer launches, it
     grows to half the :func:`memory_limit` (the device's free memory, times :func:`max_memory_fraction`), so a
@@ -88,7 +89,7 @@ def engine_policy(backend: Backend, max_workspace_bytes: int | None) -> dict[str
         max_workspace_bytes = max(DEFAULT_MAX_WORKSPACE_BYTES, limit // 2)
     return {"max_workspace_bytes": max_workspace_bytes, "cache_chunk_bytes": backend.cache_chunk_bytes,
             "batch_inner": backend.batch_inner_gemm, "gather": backend.gather_columns, "memory_limit": limit,
-            "windows": backend.window_view}
+            "windows": backend.window_view, "unit_map": backend.unit_map}
 
 
 def namespace_of(*arrays: Array | None, names: Sequence[str] | None = None) -> Any:

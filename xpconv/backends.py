@@ -11,6 +11,7 @@ asks a :class:`Backend` (or :func:`library_of`, which dispatches with array-api-
 """
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import functools
 import gc
@@ -56,6 +57,7 @@ __all__ = [
     "set_default_backend",
     "to_numpy",
     "torch_cuda_device_count",
+    "UnitMap",
     "zero_where",
 ]
 
@@ -131,6 +133,15 @@ class Backend:
         that view instead of one slice copy per kernel tap; None where the library has none or it was not
         measured faster (then the portable slices are used).  NumPy: 1.3-3x faster columns (docs/benchmarks.md).
         """
+        return None
+
+    @property
+    def unit_map(self) -> UnitMap | None:
+        """The engine's threading policy: a :class:`UnitMap` that runs a pass's units of work (chunks of the batch)
+        on several threads, or None for one after the other.  NumPy: as many threads as its BLAS was given
+        (threadpoolctl, ``OPENBLAS_NUM_THREADS``), each unit's GEMMs on one BLAS thread, where that measured
+        faster than the same threads inside each GEMM (docs/benchmarks.md); None with one BLAS thread.  Other
+        libraries thread their own kernels."""
         return None
 
     @staticmethod
@@ -318,6 +329,10 @@ class NumpyBackend(Backend):
         mask -= 1                                                   # 0 where cond, all ones elsewhere
         mask &= a.view(bits)
         return mask.view(a.dtype)
+
+    @property
+    def unit_map(self) -> UnitMap | None:
+        return UnitMap.for_blas_threads()
 
     @property
     def measures_memory(self) -> bool:
@@ -617,6 +632,56 @@ def _library_of(x: object) -> str | None:
     if is_array_api_obj(x) and is_array_api_strict_namespace(array_namespace(x)):
         return "array_api_strict"
     return None
+
+
+class UnitMap:
+    """Runs a pass's units of work on ``workers`` threads, with the BLAS libraries held to one thread meanwhile.
+
+    ``unit_map(fn, items)`` yields ``fn(item)`` in the order of ``items``; at most ``workers`` items run at once
+    and at most ``workers + 1`` results wait to be taken, so the workspace stays that of ``workers`` units.  NumPy
+    releases the GIL inside its copies and GEMMs, which is what the threads run.
+    """
+
+    def __init__(self, workers: int, blas: Any) -> None:
+        self.workers, self._blas = workers, blas
+
+    @staticmethod
+    def for_blas_threads() -> UnitMap | None:
+        """A UnitMap with as many workers as the loaded BLAS libraries' largest thread count; None for one thread."""
+        blas = _blas_pools()
+        workers = max((lib.num_threads for lib in blas.lib_controllers), default=1) if blas is not None else 1
+        return UnitMap(workers, blas) if workers > 1 else None
+
+    def __call__(self, fn: Callable[[Any], Any], items: Any) -> Any:
+        pool = _thread_pool(self.workers)
+        pending: deque[Any] = deque()
+        with self._blas.limit(limits=1):
+            try:
+                for item in items:
+                    pending.append(pool.submit(fn, item))
+                    if len(pending) > self.workers:
+                        yield pending.popleft().result()
+                while pending:
+                    yield pending.popleft().result()
+            finally:                                            # an error: no unit outlives the pass
+                for future in pending:
+                    future.cancel()
+                concurrent.futures.wait(pending)
+
+
+@functools.cache
+def _blas_pools() -> Any:
+    """threadpoolctl's controller of the BLAS libraries loaded with NumPy (None without threadpoolctl)."""
+    try:
+        from threadpoolctl import ThreadpoolController
+    except ImportError:
+        return None
+    return ThreadpoolController().select(user_api="blas")
+
+
+@functools.cache
+def _thread_pool(workers: int) -> concurrent.futures.ThreadPoolExecutor:
+    return concurrent.futures.ThreadPoolExecutor(workers, thread_name_prefix="xpconv-unit")
 
 
 def zero_where(cond: Array, a: Array) -> Array:
