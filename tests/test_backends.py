@@ -176,7 +176,8 @@ def test_numpy_zero_where_matches_the_portable_path(rng):
 
 def test_unit_map_runs_in_order_on_its_threads_with_one_blas_thread():
     """Results come in the items' order; at most ``workers`` run at once, each with BLAS held to one thread;
-    the BLAS thread counts are restored afterwards, and an error in a unit reaches the caller."""
+    the BLAS thread counts are restored afterwards, an error in a unit reaches the caller, and the caller's
+    ``np.errstate`` holds in the units."""
     import threading
 
     blas = backends._blas_pools()
@@ -206,6 +207,11 @@ def test_unit_map_runs_in_order_on_its_threads_with_one_blas_thread():
         with pytest.raises(ArithmeticError, match="unit 7"):
             list(units(unit, range(10)))
         assert [lib.num_threads for lib in blas.lib_controllers] == [2] * len(before)
+        big = np.full(4, 6e4, dtype=np.float16)
+        with np.errstate(over="raise"), pytest.raises(FloatingPointError):      # the caller's errstate holds
+            list(units(lambda a: a * a, [big, big, big]))
+        with np.errstate(over="ignore"):
+            assert all(np.isinf(r).all() for r in units(lambda a: a * a, [big, big, big]))
     assert [lib.num_threads for lib in blas.lib_controllers] == before
 
 

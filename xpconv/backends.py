@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
+import contextvars
 import functools
 import gc
 import importlib
@@ -638,8 +639,9 @@ class UnitMap:
     """Runs a pass's units of work on ``workers`` threads, with the BLAS libraries held to one thread meanwhile.
 
     ``unit_map(fn, items)`` yields ``fn(item)`` in the order of ``items``; at most ``workers`` items run at once
-    and at most ``workers + 1`` results wait to be taken, so the workspace stays that of ``workers`` units.  NumPy
-    releases the GIL inside its copies and GEMMs, which is what the threads run.
+    and at most ``workers + 1`` results wait to be taken, so the workspace stays that of ``workers`` units.  Each
+    runs in a copy of the caller's context (so NumPy's ``errstate`` holds in it).  NumPy releases the GIL inside
+    its copies and GEMMs, which is what the threads run.
     """
 
     def __init__(self, workers: int, blas: Any) -> None:
@@ -658,7 +660,7 @@ class UnitMap:
         with self._blas.limit(limits=1):
             try:
                 for item in items:
-                    pending.append(pool.submit(fn, item))
+                    pending.append(pool.submit(contextvars.copy_context().run, fn, item))   # np.errstate too
                     if len(pending) > self.workers:
                         yield pending.popleft().result()
                 while pending:
