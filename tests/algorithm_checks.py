@@ -92,9 +92,10 @@ def float32_errors(backend, rng, x_shape, w_shape, algorithm, **hyper) -> list[f
 
 
 def workspace_peaks(x, w, dy, **kw):
-    """NumPy, tracemalloc: the peak bytes of forward and of backward beyond their results (after a warm-up call)."""
+    """NumPy, tracemalloc: the peak bytes of forward and of backward beyond their results (after a warm-up call of
+    each, which also starts the threads the chunks may run on)."""
     conv, conv_backward = _functions(x.ndim - 2)
-    conv(x[:1], w, **kw)                                                  # imports and caches first
+    conv_backward(dy, x, w, **kw)                                         # imports, caches and threads first
     tracemalloc.start()
     y = conv(x, w, **kw)
     forward_peak = tracemalloc.get_traced_memory()[1] - y.nbytes

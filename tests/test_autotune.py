@@ -64,11 +64,11 @@ def test_the_switch(monkeypatch):
 def test_off_auto_is_the_rule_and_nothing_is_timed(monkeypatch, rng):
     calls = _record(monkeypatch)
     xpconv.conv2d(rng.standard_normal((2, 3, 8, 8)), rng.standard_normal((4, 3, 3, 3)), padding=1)
-    assert calls == ["im2col"] and xpconv.autotune_choices() == {}
+    assert calls == ["kn2row"] and xpconv.autotune_choices() == {}          # NumPy's rule for a 3x3 stride-1 layer
 
 
 def test_only_eligible_algorithms_are_timed_and_the_choice_is_cached_per_key(monkeypatch, rng):
-    """3x3 stride 1: im2col and winograd are timed (winograd4x4's float32 bound is looser than auto's); a second
+    """3x3 stride 1: im2col, kn2row and winograd are timed (winograd4x4's float32 bound is looser than auto's); a second
     call of the same key times nothing; another shape, dtype or geometry is a new key."""
     calls = _record(monkeypatch)
     x, w = rng.standard_normal((2, 3, 8, 8)), rng.standard_normal((4, 3, 3, 3))
@@ -77,7 +77,7 @@ def test_only_eligible_algorithms_are_timed_and_the_choice_is_cached_per_key(mon
         eligible = [n for n, a in REGISTRY.items() if a.float32_bound <= AUTO_FLOAT32_BOUND]
         assert "winograd4x4" not in eligible and REGISTRY["winograd4x4"].float32_bound > AUTO_FLOAT32_BOUND
         timed = calls[:-1]
-        assert sorted(set(timed)) == ["im2col", "winograd"]
+        assert sorted(set(timed)) == ["im2col", "kn2row", "winograd"]
         assert all(timed.count(name) == TIMED_REPEATS + 1 for name in set(timed))
         assert len(xpconv.autotune_choices()) == 1
         calls.clear()
@@ -113,7 +113,7 @@ def test_results_are_the_chosen_algorithms(backend, rng):
     with xpconv.autotune():
         tuned = [xpconv.conv2d(x, w, **kw), *xpconv.conv2d_backward(dy, x, w, **kw)]
     (chosen,) = xpconv.autotune_choices().values()
-    assert chosen in ("im2col", "winograd")
+    assert chosen in ("im2col", "kn2row", "winograd")
     direct = [xpconv.conv2d(x, w, algorithm=chosen, **kw), *xpconv.conv2d_backward(dy, x, w, algorithm=chosen, **kw)]
     for a, b in zip(tuned, direct, strict=True):
         np.testing.assert_array_equal(as_numpy(a), as_numpy(b))

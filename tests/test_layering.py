@@ -11,7 +11,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "xpconv"
 SOURCES = sorted(PACKAGE.rglob("*.py"))
 LIBRARIES = ("numpy", "cupy", "torch", "array_api_strict")
 # Which internal modules each part may import (the op layer is the door to the engine).
-ENGINE = {"xpconv._engine", "xpconv._columns", "xpconv._winograd", "xpconv._direct", "xpconv._fft"}
+ENGINE = {"xpconv._engine", "xpconv._columns", "xpconv._winograd", "xpconv._direct", "xpconv._fft", "xpconv._kn2row"}
 MAY_IMPORT_ENGINE = {"xpconv._ops", *ENGINE}
 
 

@@ -34,7 +34,7 @@ and the limit are arguments.  Measurements behind the choices: docs/benchmarks.m
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
 from functools import lru_cache
 
@@ -46,7 +46,8 @@ from .validation import positive_int
 
 __all__ = ["DEFAULT_MAX_WORKSPACE_BYTES", "batch_chunks", "check_max_workspace_bytes", "check_memory", "itemsize",
            "conv_forward", "conv_backward", "conv_backward_data", "columns_grad", "data_grad_geometry",
-           "flipped_geometry", "flipped_transposed_weight", "format_bytes", "row_bands", "sample_chunks"]
+           "flipped_geometry", "flipped_transposed_weight", "format_bytes", "row_bands", "run_units", "sample_chunks",
+           "fitting", "unit_workers"]
 
 DEFAULT_MAX_WORKSPACE_BYTES = 256 * 2**20
 FLIPPED_DX_MAX_CHANNELS = 64
@@ -87,19 +88,28 @@ def batch_chunks(n: int, bytes_per_sample: int, max_workspace_bytes: int | None,
 
 def sample_chunks(name: str, what: str, x_shape, w_shape, per_sample: int, max_workspace_bytes: int | None,
                   cache_chunk_bytes: int | None, memory_limit: int | None, fixed: int = 0,
-                  needs: str = "one sample needs") -> list[slice]:
+                  needs: str = "one sample needs", workers: int = 1) -> list[slice]:
     """Chunks of whole samples for an algorithm ``name`` that does not split a sample (Winograd, FFT): each chunk's
     workspace, ``fixed`` bytes plus ``per_sample`` bytes a sample, stays under the cap (and ``cache_chunk_bytes``);
     ValueError naming the algorithm and pass ``what`` when ``fixed`` and one sample are over the cap (``needs``
-    says what they hold), MemoryError over ``memory_limit``."""
+    says what they hold), MemoryError over ``memory_limit``.  With ``workers`` > 1 (chunks run on that many threads
+    at once, without a ``fixed`` part) each gets 1/``workers`` of the cap, and the batch is cut into at least
+    2 * ``workers`` chunks where it has that many samples."""
     cap = check_max_workspace_bytes(max_workspace_bytes)
     if cap is not None and fixed + per_sample > cap:
         total = fixed + per_sample
         raise ValueError(f"max_workspace_bytes={cap} is too small for {name}'s {what} of x {tuple(x_shape)} with "
                          f"weight {tuple(w_shape)}: {needs} {format_bytes(total)} ({total} bytes) and {name} does not "
                          "split a sample; raise the cap, pass None, or use algorithm='im2col'")
-    chunks = batch_chunks(x_shape[0], per_sample, None if cap is None else cap - fixed, cache_chunk_bytes)
-    biggest = fixed + max((sl.stop - sl.start for sl in chunks), default=0) * per_sample
+    n = x_shape[0]
+    if workers > 1 and not fixed and n >= 2:                                 # the caller checked the cap (fitting)
+        even = per_sample * -(-n // min(n, 2 * workers))                     # 2 * workers chunks, or one a sample
+        share = even if cap is None else cap // workers
+        chunks = batch_chunks(n, per_sample, share, even if cache_chunk_bytes is None else min(cache_chunk_bytes, even))
+        biggest = min(workers, len(chunks)) * max(sl.stop - sl.start for sl in chunks) * per_sample
+    else:
+        chunks = batch_chunks(n, per_sample, None if cap is None else cap - fixed, cache_chunk_bytes)
+        biggest = fixed + max((sl.stop - sl.start for sl in chunks), default=0) * per_sample
     check_memory(f"{name}'s {what}", x_shape, w_shape, biggest, memory_limit)
     return chunks
 
@@ -178,7 +188,7 @@ def _plan_units(what: str, x_shape: tuple[int, ...], w_shape: tuple[int, ...], g
     """(the units of :func:`_units`, the workspace of the units that may run at once, in bytes)."""
     n, c, *spatial = x_shape
     cap = check_max_workspace_bytes(max_workspace_bytes)
-    if workers > 1 and n >= 2 and (cap is None or workers * per_sample * itemsize <= cap):
+    if workers > 1 and n >= 2:                                                # the caller checked the cap (fitting)
         share = None if cap is None else cap // workers
         cache = None if geom.is_pointwise else cache_chunk_bytes
         even = itemsize * per_sample * -(-n // min(n, 2 * workers))         # 2 * workers chunks, or one a sample
@@ -249,9 +259,10 @@ def conv_forward(x: Array, weight: Array, bias: Array | None, geom: ConvGeometry
     w3 = xp.reshape(weight, (g, o // g, (c // g) * layout.taps))               # (G, O/G, Cg*K)
     per_sample = layout.columns_elements(c) + o * layout.length
     row = _row_elements(layout)
+    threads = fitting(unit_map, per_sample * itemsize(x), max_workspace_bytes)
     units = _units("the convolution's forward", tuple(x.shape), tuple(weight.shape), geom, layout, itemsize(x),
                    per_sample, ((c * layout.taps + o) * row, 0, True), max_workspace_bytes, cache_chunk_bytes,
-                   memory_limit, _workers(unit_map))
+                   memory_limit, unit_workers(threads))
     # per sample, one unit and no extra columns: y is the GEMM's result itself
     one = len(units) == 1 and not units[0].is_band
     in_place = one and not layout.has_extra_columns and not batch_inner
@@ -265,7 +276,7 @@ def conv_forward(x: Array, weight: Array, bias: Array | None, geom: ConvGeometry
         return (yc, cols) if one else None                                    # else freed before the next unit's
 
     cols = None
-    for done in _run(unit_map, unit, units):
+    for done in run_units(threads, unit, units):
         if done is not None:
             yc, cols = done
             y = yc if in_place else y
@@ -307,15 +318,20 @@ def conv_backward(grad_output: Array, x: Array, weight: Array, geom: ConvGeometr
     row = _row_elements(layout)
     band_per_row = (c * layout.taps * (2 if fold_here else 1) + o) * row      # cols, dcols, dY's copy
 
-    def plan(cols_kept: bool) -> tuple[_Unit, ...]:
-        per_sample = layout.output_copy_elements(o) + o * ck                  # dY in the columns' layout, dW
+    def per_sample(cols_kept: bool) -> int:
+        elements = layout.output_copy_elements(o) + o * ck                    # dY in the columns' layout, dW
         if not cols_kept:
-            per_sample += layout.columns_elements(c)
+            elements += layout.columns_elements(c)
         if fold_here:
-            per_sample += layout.fold_elements(c)
+            elements += layout.fold_elements(c)
+        return elements
+
+    threads = fitting(unit_map, per_sample(False) * itemsize(x), max_workspace_bytes)
+
+    def plan(cols_kept: bool) -> tuple[_Unit, ...]:
         return _units("the convolution's backward", tuple(x.shape), tuple(weight.shape), geom, layout, itemsize(x),
-                      per_sample, (band_per_row, 2 * o * ck, True), max_workspace_bytes, cache_chunk_bytes,
-                      memory_limit, _workers(unit_map))
+                      per_sample(cols_kept), (band_per_row, 2 * o * ck, True), max_workspace_bytes,
+                      cache_chunk_bytes, memory_limit, unit_workers(threads))
 
     units = plan(cols is not None)
     if cols is not None and (len(units) > 1 or units[0].is_band):
@@ -334,7 +350,7 @@ def conv_backward(grad_output: Array, x: Array, weight: Array, geom: ConvGeometr
         return xp.matmul(chunk_cols, xp.matrix_transpose(dy))                # (G, Cg*K, O/G) or (m, G, Cg*K, O/G)
 
     grad_weight = None
-    for partial in _run(unit_map, unit, units):
+    for partial in run_units(threads, unit, units):
         if batch_inner:
             grad_weight = partial if grad_weight is None else grad_weight + partial
         else:
@@ -370,9 +386,10 @@ def conv_backward_data(grad_output: Array, weight: Array, geom: ConvGeometry, sp
     w3 = xp.reshape(weight, (g, o // g, (c // g) * layout.taps))
     per_sample = layout.fold_elements(c) + layout.output_copy_elements(o)    # dcols and their fold, dY's copy
     x_shape = (n, c, *spatial)
+    threads = fitting(unit_map, per_sample * itemsize(grad_output), max_workspace_bytes)
     units = _units("the convolution's backward-data pass", x_shape, tuple(weight.shape), geom, layout,
                    itemsize(grad_output), per_sample, ((c * layout.taps + o) * _row_elements(layout), 0, False),
-                   max_workspace_bytes, cache_chunk_bytes, memory_limit, _workers(unit_map))
+                   max_workspace_bytes, cache_chunk_bytes, memory_limit, unit_workers(threads))
     banded = any(u.is_band for u in units)
     grad_input = (xp.zeros if banded else xp.empty)(x_shape, dtype=grad_output.dtype, device=grad_output.device)
 
@@ -380,20 +397,29 @@ def conv_backward_data(grad_output: Array, weight: Array, geom: ConvGeometry, sp
         dy = u.layout.output_columns(grad_output[u.output_index], g)         # (G, O/G, m*L) or (m, G, O/G, L)
         _fold_unit(grad_input, u, columns_grad(w3, dy))
 
-    for _ in _run(unit_map, unit, units):
+    for _ in run_units(threads, unit, units):
         pass
     return grad_input
 
 
-def _workers(unit_map) -> int:
+def fitting(unit_map, per_sample: int, max_workspace_bytes: int | None):
+    """``unit_map`` where its threads can each hold a chunk of at least one sample (``per_sample`` bytes of
+    workspace) under the cap at once, else None: the chunks then run one after the other."""
+    cap = check_max_workspace_bytes(max_workspace_bytes)
+    if unit_map is None or (cap is not None and unit_map.workers * per_sample > cap):
+        return None
+    return unit_map
+
+
+def unit_workers(unit_map) -> int:
     """How many units ``unit_map`` runs at once (1 without one)."""
     return 1 if unit_map is None else unit_map.workers
 
 
-def _run(unit_map, fn, units: tuple[_Unit, ...]):
-    """``fn(u)`` for each unit, in order: on ``unit_map``'s threads where there are several chunks, else here
-    (one unit; row bands, which add into the same rows of dL/dx)."""
-    if unit_map is None or len(units) < 2 or units[0].is_band:
+def run_units(unit_map, fn, units: Sequence) -> Iterator:
+    """``fn(u)`` for each unit, in order: on ``unit_map``'s threads where there are several chunks of the batch,
+    else here (one unit; row bands, which add into the same rows of dL/dx)."""
+    if unit_map is None or len(units) < 2 or getattr(units[0], "is_band", False):
         return map(fn, units)
     return unit_map(fn, units)
 

@@ -34,9 +34,11 @@ from ._engine import (
     conv_backward,
     conv_backward_data,
     conv_forward,
+    itemsize,
 )
 from ._fft import fft_backward, fft_forward
 from ._geometry import ConvGeometry, make_geometry
+from ._kn2row import kn2row_backward, kn2row_forward, kn2row_preferred, kn2row_unsupported, workspace_bytes
 from ._namespace import namespace
 from ._typing import Array
 from ._winograd import winograd_backward, winograd_forward, winograd_unsupported
@@ -187,18 +189,25 @@ def _chunked_policy(policy: dict[str, Any]) -> dict[str, Any]:
     return {k: policy[k] for k in ("max_workspace_bytes", "cache_chunk_bytes", "memory_limit")}
 
 
-def _forward_of(forward: Callable[..., Array], **fixed: Any) -> Callable[..., Array]:
+def _threaded_policy(policy: dict[str, Any]) -> dict[str, Any]:
+    """:func:`_chunked_policy` and the threads the chunks may run on (kn2row)."""
+    return {**_chunked_policy(policy), "unit_map": policy["unit_map"]}
+
+
+def _forward_of(forward: Callable[..., Array], policy_of: Callable[..., dict[str, Any]] = _chunked_policy,
+                **fixed: Any) -> Callable[..., Array]:
     """An :class:`Algorithm`'s forward from a pass ``forward(x, weight, bias, geom, **policy)``."""
     def run(ctx: ConvContext, bias: Array | None, policy: dict[str, Any], keep_cols: bool) -> Array:
-        return forward(ctx.x, ctx.weight, bias, ctx.geom, **fixed, **_chunked_policy(policy))
+        return forward(ctx.x, ctx.weight, bias, ctx.geom, **fixed, **policy_of(policy))
     return run
 
 
-def _backward_of(backward: Callable[..., tuple[Array | None, Array]], **fixed: Any) -> Callable[..., Any]:
+def _backward_of(backward: Callable[..., tuple[Array | None, Array]],
+                 policy_of: Callable[..., dict[str, Any]] = _chunked_policy, **fixed: Any) -> Callable[..., Any]:
     """An :class:`Algorithm`'s backward from a pass ``backward(dy, x, weight, geom, need_input_grad=, **policy)``."""
     def run(ctx: ConvContext, dy: Array, policy: dict[str, Any], need_input_grad: bool) -> tuple[Array | None, Array]:
         return backward(dy, ctx.x, ctx.weight, ctx.geom, need_input_grad=need_input_grad, **fixed,
-                        **_chunked_policy(policy))
+                        **policy_of(policy))
     return run
 
 
@@ -222,6 +231,8 @@ REGISTRY: dict[str, Algorithm] = {
     "winograd4x4": Algorithm(_geometry_only(winograd_unsupported), _forward_of(winograd_forward, m=4),
                              _backward_of(winograd_backward, m=4), 32.0),
     "direct": Algorithm(direct_unsupported, _forward_of(direct_forward), _backward_of(direct_backward), 4.0),
+    "kn2row": Algorithm(_geometry_only(kn2row_unsupported), _forward_of(kn2row_forward, _threaded_policy),
+                        _backward_of(kn2row_backward, _threaded_policy), 4.0),
     "fft": Algorithm(_any_geometry, _forward_of(fft_forward), _backward_of(fft_backward), math.inf),
 }
 ALGORITHMS = ("auto", *REGISTRY)
@@ -229,18 +240,23 @@ ALGORITHMS = ("auto", *REGISTRY)
 AUTO_FLOAT32_BOUND = 4.0
 
 
-def choose_algorithm(algorithm: object, geom: ConvGeometry, channels: int | None = None) -> str:
+def choose_algorithm(algorithm: object, geom: ConvGeometry, channels: int | None = None,
+                     backend: Backend | None = None) -> str:
     """The algorithm that computes a convolution of geometry ``geom`` (``channels`` input channels, where known)
-    when ``algorithm`` is asked for, by rule.
+    when ``algorithm`` is asked for on ``backend`` (None: NumPy's rule), by rule.
 
     A name of :data:`REGISTRY` is taken as asked; ValueError when it cannot do ``geom``, naming why, or for an
-    unknown name.  ``"auto"`` is im2col: neither Winograd, the direct algorithm nor FFT measured a clear win on the
-    suite's layers (docs/algorithms.md); with auto-tuning on, :func:`select_algorithm` times the candidates instead.
+    unknown name.  ``"auto"`` is kn2row where :func:`~xpconv._kn2row.kn2row_preferred` says it measured faster
+    (2-D and 3-D, stride 1 along the first axis, no groups) on a backend that measured it
+    (:attr:`~xpconv.backends.Backend.kn2row_rule`: NumPy), else im2col: neither Winograd, the direct algorithm
+    nor FFT measured a clear win on the suite's layers (docs/algorithms.md); :func:`select_algorithm` also keeps
+    im2col where one sample is over the workspace cap, and with auto-tuning on times the candidates instead.
     """
     if algorithm not in ALGORITHMS:
         raise ValueError(f"algorithm must be one of {', '.join(map(repr, ALGORITHMS))}, got {algorithm!r}")
     if algorithm == "auto":
-        return "im2col"
+        measured = backend is None or backend.kn2row_rule
+        return "kn2row" if measured and kn2row_preferred(geom) else "im2col"
     if (why := REGISTRY[str(algorithm)].unsupported(geom, channels)) is not None:
         raise ValueError(f"algorithm={algorithm!r} cannot compute this convolution: {why}; use 'im2col' or 'auto'")
     return str(algorithm)
@@ -257,9 +273,14 @@ def select_algorithm(algorithm: object, ctx: ConvContext, bias: Array | None,
     """:func:`choose_algorithm`, except that ``"auto"`` under auto-tuning (:mod:`xpconv.tuning`) takes the
     fastest candidate for ctx's shapes, geometry, dtype, library and device: timed once per process (forward and
     backward, as a training step runs them), then cached."""
-    chosen = choose_algorithm(algorithm, ctx.geom, ctx.x.shape[1])
-    if algorithm != "auto" or not autotune_enabled():
+    chosen = choose_algorithm(algorithm, ctx.geom, ctx.x.shape[1], ctx.backend)
+    if algorithm != "auto":
         return chosen
+    if not autotune_enabled():
+        cap = check_max_workspace_bytes(max_workspace_bytes)
+        over = cap is not None and workspace_bytes(ctx.geom, tuple(ctx.x.shape), ctx.weight.shape[0],
+                                                   itemsize(ctx.x)) > cap
+        return "im2col" if chosen == "kn2row" and over else chosen
     key = (ctx.backend.name, str(ctx.backend.device), str(ctx.x.dtype), tuple(ctx.x.shape), tuple(ctx.weight.shape),
            ctx.geom, max_workspace_bytes)
     policy = engine_policy(ctx.backend, max_workspace_bytes)

@@ -137,6 +137,13 @@ class Backend:
         return None
 
     @property
+    def kn2row_rule(self) -> bool:
+        """Whether ``algorithm="auto"`` takes kn2row where its measured rule says so
+        (:func:`~xpconv._kn2row.kn2row_preferred`): on NumPy, where it was measured; im2col elsewhere until it is
+        measured there (docs/algorithms.md)."""
+        return False
+
+    @property
     def unit_map(self) -> UnitMap | None:
         """The engine's threading policy: a :class:`UnitMap` that runs a pass's units of work (chunks of the batch)
         on several threads, or None for one after the other.  NumPy: as many threads as its BLAS was given
@@ -334,6 +341,10 @@ class NumpyBackend(Backend):
     @property
     def unit_map(self) -> UnitMap | None:
         return UnitMap.for_blas_threads()
+
+    @property
+    def kn2row_rule(self) -> bool:
+        return True
 
     @property
     def measures_memory(self) -> bool:
