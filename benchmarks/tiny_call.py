@@ -24,6 +24,7 @@ def main(argv=None) -> int:
     parser.add_argument("--size", type=int, default=8)
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--calls", type=int, default=500)
+    parser.add_argument("--algorithm", default="auto", help="the xpconv layer's algorithm (default: auto)")
     args = parser.parse_args(argv)
     import torch
 
@@ -32,7 +33,7 @@ def main(argv=None) -> int:
     torch.set_num_threads(1)
     c, s = args.channels, args.size
     x = np.random.default_rng(0).standard_normal((1, c, s, s), dtype=np.float32)
-    layer = nn.Conv2d(c, c, 3, padding=1, seed=0)
+    layer = nn.Conv2d(c, c, 3, padding=1, seed=0, algorithm=args.algorithm)
     grad = np.ones((1, c, s, s), dtype=np.float32)
     ref = torch.nn.Conv2d(c, c, 3, padding=1)
     tx, tgrad = torch.from_numpy(x).requires_grad_(), torch.from_numpy(grad)

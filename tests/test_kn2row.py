@@ -24,7 +24,7 @@ from conftest import as_numpy
 from xpconv import nn
 from xpconv._engine import flipped_geometry
 from xpconv._geometry import make_geometry
-from xpconv._ops import choose_algorithm
+from xpconv._ops import KN2ROW_MIN_MACS, _kn2row_fits, choose_algorithm
 from xpconv.backends import UnitMap, _blas_pools
 
 
@@ -116,6 +116,17 @@ def test_auto_takes_kn2row_by_its_measured_rule():
     assert chosen((3, 3)) == chosen((5, 5)) == chosen((3, 3, 3)) == chosen((3, 3), (1, 2)) == "kn2row"
     assert chosen((3, 3), 2) == chosen((3,)) == chosen((1, 1)) == chosen((1, 3)) == "im2col"
     assert chosen((3, 3), groups=2) == chosen((3, 3), groups=4) == "im2col"
+
+
+def test_auto_keeps_im2col_for_small_calls_and_over_the_cap():
+    """The rule's shape checks: at least KN2ROW_MIN_MACS multiply-adds a call, one sample's workspace under the cap."""
+    geom = make_geometry((3, 3), 1, 1, 1, 1)
+    resnet = ((128, 16, 32, 32), (16, 16, 3, 3))
+    assert 128 * 16 * 16 * 9 * 32 * 32 >= KN2ROW_MIN_MACS > 4 * 4 * 9 * 8 * 8
+    assert _kn2row_fits(geom, *resnet, 4, None) and _kn2row_fits(geom, *resnet, 4, 2**28)
+    assert not _kn2row_fits(geom, (1, 4, 8, 8), (4, 4, 3, 3), 4, None)                 # benchmarks/tiny_call.py's
+    one_sample = kn2row.workspace_bytes(geom, resnet[0], 16, 4)
+    assert _kn2row_fits(geom, *resnet, 4, one_sample) and not _kn2row_fits(geom, *resnet, 4, one_sample - 1)
 
 
 def test_an_empty_batch(backend):

@@ -150,7 +150,7 @@ def test_free_memory_guard_raises_before_allocating(monkeypatch):
     with pytest.raises(MemoryError, match="backward of x"):
         xpconv.conv2d_backward(np.zeros((4, 8, 16, 16), np.float32), x, w, padding=1, algorithm="im2col")
     with pytest.raises(MemoryError, match=r"kn2row's forward of x \(4, 8, 16, 16\)"):    # dL/dx, by kn2row's pass
-        xpconv.conv2d_backward(np.zeros((4, 8, 16, 16), np.float32), x, w, padding=1)
+        xpconv.conv2d_backward(np.zeros((4, 8, 16, 16), np.float32), x, w, padding=1, algorithm="kn2row")
     layer = nn.ConvTranspose2d(3, 2, 3)
     with pytest.raises(MemoryError, match="XPCONV_MAX_MEMORY_FRACTION"):
         layer(x)

@@ -250,7 +250,8 @@ def choose_algorithm(algorithm: object, geom: ConvGeometry, channels: int | None
     (2-D and 3-D, stride 1 along the first axis, no groups) on a backend that measured it
     (:attr:`~xpconv.backends.Backend.kn2row_rule`: NumPy), else im2col: neither Winograd, the direct algorithm
     nor FFT measured a clear win on the suite's layers (docs/algorithms.md); :func:`select_algorithm` also keeps
-    im2col where one sample is over the workspace cap, and with auto-tuning on times the candidates instead.
+    im2col where one sample is over the workspace cap or the call is small (:data:`KN2ROW_MIN_MACS`), and with
+    auto-tuning on times the candidates instead.
     """
     if algorithm not in ALGORITHMS:
         raise ValueError(f"algorithm must be one of {', '.join(map(repr, ALGORITHMS))}, got {algorithm!r}")
@@ -260,6 +261,26 @@ def choose_algorithm(algorithm: object, geom: ConvGeometry, channels: int | None
     if (why := REGISTRY[str(algorithm)].unsupported(geom, channels)) is not None:
         raise ValueError(f"algorithm={algorithm!r} cannot compute this convolution: {why}; use 'im2col' or 'auto'")
     return str(algorithm)
+
+
+# kn2row's few more array operations cost about 75 µs a call on NumPy (benchmarks/tiny_call.py: 2.9x torch's time
+# against im2col's 2.0x on a 1x4x8x8 input); below this many multiply-adds a call, auto keeps im2col.
+KN2ROW_MIN_MACS = 2**24
+
+
+def _kn2row_pays(ctx: ConvContext, max_workspace_bytes: int | None) -> bool:
+    """Whether auto's kn2row rule holds for ctx's shapes: the call has at least :data:`KN2ROW_MIN_MACS`
+    multiply-adds and one sample's workspace fits the cap."""
+    return _kn2row_fits(ctx.geom, tuple(ctx.x.shape), tuple(ctx.weight.shape), itemsize(ctx.x), max_workspace_bytes)
+
+
+@lru_cache(maxsize=1024)
+def _kn2row_fits(geom: ConvGeometry, x_shape: tuple[int, ...], w_shape: tuple[int, ...], item: int,
+                 max_workspace_bytes: int | None) -> bool:
+    if x_shape[0] * math.prod(w_shape) * math.prod(geom.output_shape(x_shape[2:])) < KN2ROW_MIN_MACS:
+        return False
+    cap = check_max_workspace_bytes(max_workspace_bytes)
+    return cap is None or workspace_bytes(geom, x_shape, w_shape[0], item) <= cap
 
 
 def _candidates(geom: ConvGeometry, channels: int) -> list[str]:
@@ -277,10 +298,7 @@ def select_algorithm(algorithm: object, ctx: ConvContext, bias: Array | None,
     if algorithm != "auto":
         return chosen
     if not autotune_enabled():
-        cap = check_max_workspace_bytes(max_workspace_bytes)
-        over = cap is not None and workspace_bytes(ctx.geom, tuple(ctx.x.shape), ctx.weight.shape[0],
-                                                   itemsize(ctx.x)) > cap
-        return "im2col" if chosen == "kn2row" and over else chosen
+        return "im2col" if chosen == "kn2row" and not _kn2row_pays(ctx, max_workspace_bytes) else chosen
     key = (ctx.backend.name, str(ctx.backend.device), str(ctx.x.dtype), tuple(ctx.x.shape), tuple(ctx.weight.shape),
            ctx.geom, max_workspace_bytes)
     policy = engine_policy(ctx.backend, max_workspace_bytes)
