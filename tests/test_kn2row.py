@@ -25,7 +25,7 @@ from xpconv import nn
 from xpconv._engine import flipped_geometry
 from xpconv._geometry import make_geometry
 from xpconv._ops import KN2ROW_MIN_MACS, _kn2row_fits, choose_algorithm
-from xpconv.backends import UnitMap, _blas_pools
+from xpconv.backends import UnitMap, _blas_pools, get_backend
 
 
 @pytest.mark.parametrize("x_shape, w_shape, hyper", [
@@ -111,11 +111,13 @@ def test_a_workspace_cap_below_one_sample_is_a_clear_error_and_auto_falls_back_t
 
 
 def test_auto_takes_kn2row_by_its_measured_rule():
-    def chosen(kernel, stride=1, groups=1):
-        return choose_algorithm("auto", make_geometry(kernel, stride, 1, 1, groups), 4)
+    def chosen(kernel, stride=1, groups=1, channels=16, backend=None):
+        return choose_algorithm("auto", make_geometry(kernel, stride, 1, 1, groups), channels, backend)
     assert chosen((3, 3)) == chosen((5, 5)) == chosen((3, 3, 3)) == chosen((3, 3), (1, 2)) == "kn2row"
     assert chosen((3, 3), 2) == chosen((3,)) == chosen((1, 1)) == chosen((1, 3)) == "im2col"
-    assert chosen((3, 3), groups=2) == chosen((3, 3), groups=4) == "im2col"
+    assert chosen((3, 3), groups=2) == chosen((3, 3), groups=16) == chosen((3, 3), channels=3) == "im2col"
+    assert chosen((3, 3), channels=8) == chosen((3, 3), backend=get_backend("numpy")) == "kn2row"
+    assert chosen((3, 3), backend=get_backend("array_api_strict")) == "im2col"           # not measured there
 
 
 def test_auto_keeps_im2col_for_small_calls_and_over_the_cap():

@@ -43,7 +43,8 @@ from ._geometry import ConvGeometry
 from ._namespace import namespace
 from ._typing import Array
 
-__all__ = ["kn2row_unsupported", "kn2row_preferred", "kn2row_forward", "kn2row_backward", "workspace_bytes"]
+__all__ = ["KN2ROW_MIN_CHANNELS", "kn2row_unsupported", "kn2row_preferred", "kn2row_forward", "kn2row_backward",
+           "workspace_bytes"]
 
 
 def kn2row_unsupported(geom: ConvGeometry) -> str | None:
@@ -53,12 +54,19 @@ def kn2row_unsupported(geom: ConvGeometry) -> str | None:
     return None
 
 
-def kn2row_preferred(geom: ConvGeometry) -> bool:
+# kn2row's GEMM contracts over C Kr / G: with the 3 channels of an image it is a K = 9 product, and the suite's
+# first layer (3 -> 32 channels) measured 1.5x im2col's time with 2 threads (0.91x with one): auto keeps im2col.
+KN2ROW_MIN_CHANNELS = 8
+
+
+def kn2row_preferred(geom: ConvGeometry, channels: int | None = None) -> bool:
     """``auto``'s measured rule: kn2row for 2-D and 3-D convolutions with stride 1 and more than one tap along the
-    first axis, no groups.  On NumPy it measured 0.63-0.65x im2col's time on the 5x5 and 3-D layers of the suite,
-    0.92-0.97x on its other 3x3 ones, 0.86-0.93x (2 threads) and 1.02-1.04x (1 thread) on ResNet-20's; the 1-D
-    layer alike (docs/algorithms.md).  Grouped and depthwise ones were not measured."""
-    return geom.nd >= 2 and geom.stride[0] == 1 and geom.kernel[0] > 1 and geom.groups == 1
+    first axis, no groups, and at least :data:`KN2ROW_MIN_CHANNELS` input channels (where known).  On NumPy it
+    measured 0.63-0.69x im2col's time on the 5x5 and 3-D layers of the suite, 0.92-0.97x on its other 3x3 ones,
+    0.86-0.93x (2 threads) and 1.02-1.04x (1 thread) on ResNet-20's; 1-D alike (docs/algorithms.md).  Grouped and
+    depthwise ones were not measured."""
+    return (geom.nd >= 2 and geom.stride[0] == 1 and geom.kernel[0] > 1 and geom.groups == 1
+            and (channels is None or channels >= KN2ROW_MIN_CHANNELS))
 
 
 def workspace_bytes(geom: ConvGeometry, x_shape, o: int, item: int) -> int:

@@ -247,7 +247,7 @@ def choose_algorithm(algorithm: object, geom: ConvGeometry, channels: int | None
 
     A name of :data:`REGISTRY` is taken as asked; ValueError when it cannot do ``geom``, naming why, or for an
     unknown name.  ``"auto"`` is kn2row where :func:`~xpconv._kn2row.kn2row_preferred` says it measured faster
-    (2-D and 3-D, stride 1 along the first axis, no groups) on a backend that measured it
+    (2-D and 3-D, stride 1 along the first axis, no groups, 8 or more input channels) on a backend that measured it
     (:attr:`~xpconv.backends.Backend.kn2row_rule`: NumPy), else im2col: neither Winograd, the direct algorithm
     nor FFT measured a clear win on the suite's layers (docs/algorithms.md); :func:`select_algorithm` also keeps
     im2col where one sample is over the workspace cap or the call is small (:data:`KN2ROW_MIN_MACS`), and with
@@ -257,7 +257,7 @@ def choose_algorithm(algorithm: object, geom: ConvGeometry, channels: int | None
         raise ValueError(f"algorithm must be one of {', '.join(map(repr, ALGORITHMS))}, got {algorithm!r}")
     if algorithm == "auto":
         measured = backend is None or backend.kn2row_rule
-        return "kn2row" if measured and kn2row_preferred(geom) else "im2col"
+        return "kn2row" if measured and kn2row_preferred(geom, channels) else "im2col"
     if (why := REGISTRY[str(algorithm)].unsupported(geom, channels)) is not None:
         raise ValueError(f"algorithm={algorithm!r} cannot compute this convolution: {why}; use 'im2col' or 'auto'")
     return str(algorithm)
